@@ -1,0 +1,454 @@
+//! The OnsMqtt HTTP client: builds a signed request for an action, sends it with reqwest
+//! (rustls), and turns the answer into a typed response or a classified [`ApiError`].
+//!
+//! Every attempt is signed afresh (new nonce and timestamp): a retry that reused either would be
+//! refused as `SignatureNonceUsed` or, after 15 minutes, `InvalidTimeStamp.Expired`. Retrying is
+//! the caller's business; this client sends each call once. It logs no secret at any level.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+
+use super::actions::*;
+use super::credentials::AccessKey;
+use super::endpoint::Endpoint;
+use super::error::ApiError;
+use super::sign::{self, SignatureVersion};
+
+/// What the SDK sends as `user-agent`; ours names the tool instead.
+pub fn user_agent() -> String {
+    format!(
+        "AlibabaCloud ({}; {}) mqtt-provision/{} TeaDSL/2",
+        std::env::consts::OS,
+        std::env::consts::ARCH,
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
+/// A request ready to send: method, full URL and headers (including `Authorization` for V3).
+#[derive(Clone)]
+pub struct SignedRequest {
+    pub method: &'static str,
+    pub url: String,
+    pub headers: Vec<(&'static str, String)>,
+}
+
+/// The fixed inputs of a signature, so tests can pin the timestamp and nonce.
+pub struct SigningContext<'a> {
+    pub key: &'a AccessKey,
+    pub version: SignatureVersion,
+    pub endpoint: &'a Endpoint,
+    pub user_agent: &'a str,
+    pub timestamp: String,
+    pub nonce: String,
+}
+
+/// Builds the request exactly as the official SDK does (onsmqtt-api.md §1–§3): all parameters in
+/// the query, empty body; V3 signs every header it sends, V1 signs the query.
+pub fn sign_request(
+    ctx: &SigningContext<'_>,
+    action: Action,
+    params: &[(&str, &str)],
+) -> SignedRequest {
+    let provider = if ctx.key.security_token.is_some() {
+        "static_sts"
+    } else {
+        "static_ak"
+    };
+    let mut headers: Vec<(&'static str, String)> = vec![
+        ("host", ctx.endpoint.host_header.clone()),
+        ("x-acs-version", VERSION.to_owned()),
+        ("x-acs-action", action.name().to_owned()),
+        ("user-agent", ctx.user_agent.to_owned()),
+    ];
+    match ctx.version {
+        SignatureVersion::V3 => {
+            headers.extend([
+                ("x-acs-date", ctx.timestamp.clone()),
+                ("x-acs-signature-nonce", ctx.nonce.clone()),
+                ("accept", "application/json".to_owned()),
+                ("x-acs-content-sha256", sign::EMPTY_BODY_SHA256.to_owned()),
+                ("x-acs-credentials-provider", provider.to_owned()),
+            ]);
+            if let Some(token) = &ctx.key.security_token {
+                headers.push(("x-acs-accesskey-id", ctx.key.id.clone()));
+                headers.push(("x-acs-security-token", token.expose().to_owned()));
+            }
+            let to_sign: Vec<(&str, &str)> =
+                headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let (canonical, signed_headers) = sign::v3_canonical_request(&sign::V3Parts {
+                method: action.method(),
+                path: "/",
+                query: params,
+                headers: &to_sign,
+                body_sha256: sign::EMPTY_BODY_SHA256,
+            });
+            let signature = sign::v3_signature(
+                ctx.key.secret.expose(),
+                &sign::v3_string_to_sign(&canonical),
+            );
+            let query = sign::canonical_query(params.iter().copied());
+            headers.push((
+                "authorization",
+                sign::v3_authorization(&ctx.key.id, &signed_headers, &signature),
+            ));
+            SignedRequest {
+                method: action.method(),
+                url: format!("{}?{query}", ctx.endpoint.base),
+                headers,
+            }
+        }
+        SignatureVersion::V1 => {
+            headers.push(("x-acs-credentials-provider", provider.to_owned()));
+            let mut query: Vec<(&str, &str)> = vec![
+                ("Action", action.name()),
+                ("Format", "json"),
+                ("Version", VERSION),
+                ("Timestamp", &ctx.timestamp),
+                ("SignatureNonce", &ctx.nonce),
+                ("SignatureMethod", "HMAC-SHA1"),
+                ("SignatureVersion", "1.0"),
+                ("AccessKeyId", &ctx.key.id),
+            ];
+            query.extend_from_slice(params);
+            if let Some(token) = &ctx.key.security_token {
+                query.push(("SecurityToken", token.expose()));
+            }
+            let string_to_sign = sign::v1_string_to_sign(action.method(), query.iter().copied());
+            let signature = sign::v1_signature(ctx.key.secret.expose(), &string_to_sign);
+            query.push(("Signature", &signature));
+            let url = format!(
+                "{}?{}",
+                ctx.endpoint.base,
+                sign::canonical_query(query.iter().copied())
+            );
+            SignedRequest {
+                method: action.method(),
+                url,
+                headers,
+            }
+        }
+    }
+}
+
+/// How the client connects.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    pub endpoint: Endpoint,
+    pub signature: SignatureVersion,
+    /// 5 s, as the SDK (onsmqtt-api.md §5, "Timeouts / pool").
+    pub connect_timeout: Duration,
+    /// 10 s, as the SDK.
+    pub read_timeout: Duration,
+    /// Bind outgoing connections to this local address (one client per source IP).
+    pub source_address: Option<IpAddr>,
+}
+
+impl ClientConfig {
+    pub fn new(endpoint: Endpoint) -> Self {
+        ClientConfig {
+            endpoint,
+            signature: SignatureVersion::V3,
+            connect_timeout: Duration::from_secs(5),
+            read_timeout: Duration::from_secs(10),
+            source_address: None,
+        }
+    }
+}
+
+/// One OnsMqtt client, bound to one source address. Cheap to clone.
+#[derive(Clone)]
+pub struct OnsMqttClient {
+    http: reqwest::Client,
+    config: Arc<ClientConfig>,
+    key: Arc<AccessKey>,
+    user_agent: Arc<str>,
+}
+
+impl std::fmt::Debug for OnsMqttClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OnsMqttClient")
+            .field("config", &self.config)
+            .field("access_key_id", &self.key.id)
+            .finish()
+    }
+}
+
+impl OnsMqttClient {
+    pub fn new(config: ClientConfig, key: AccessKey) -> Result<Self, reqwest::Error> {
+        // No idle-connection cap: below the concurrency it would churn connections
+        // (crates.md §3.2); the dispatcher's semaphore is the cap.
+        let http = reqwest::Client::builder()
+            .connect_timeout(config.connect_timeout)
+            .read_timeout(config.read_timeout)
+            .timeout(config.connect_timeout + config.read_timeout)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .local_address(config.source_address)
+            .tcp_nodelay(true)
+            .build()?;
+        Ok(OnsMqttClient {
+            http,
+            config: Arc::new(config),
+            key: Arc::new(key),
+            user_agent: user_agent().into(),
+        })
+    }
+
+    pub fn source_address(&self) -> Option<IpAddr> {
+        self.config.source_address
+    }
+
+    /// Sends one call and returns the body of a 2xx answer.
+    pub async fn call(
+        &self,
+        action: Action,
+        params: &[(&str, &str)],
+    ) -> Result<bytes::Bytes, ApiError> {
+        let request = sign_request(
+            &SigningContext {
+                key: &self.key,
+                version: self.config.signature,
+                endpoint: &self.config.endpoint,
+                user_agent: &self.user_agent,
+                timestamp: sign::timestamp(jiff::Timestamp::now()),
+                nonce: sign::new_nonce(),
+            },
+            action,
+            params,
+        );
+        let method = if request.method == "GET" {
+            reqwest::Method::GET
+        } else {
+            reqwest::Method::POST
+        };
+        let mut builder = self.http.request(method, &request.url);
+        for (name, value) in &request.headers {
+            builder = builder.header(*name, value);
+        }
+        let started = Instant::now();
+        let response = builder.send().await.map_err(transport_error)?;
+        let status = response.status().as_u16();
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let retry_after_ms = header("x-acs-retry-after")
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .filter(|&ms| ms > 0);
+        let header_request_id = header("x-acs-request-id");
+        let body = response.bytes().await.map_err(transport_error)?;
+        tracing::trace!(
+            action = action.name(),
+            status,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            request_id = header_request_id.as_deref().unwrap_or(""),
+            "call"
+        );
+        if (200..300).contains(&status) {
+            return Ok(body);
+        }
+        let parsed: ErrorBody = serde_json::from_slice(&body).unwrap_or_default();
+        let code = parsed.code.unwrap_or_else(|| format!("HTTP{status}"));
+        let message = parsed
+            .message
+            .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned());
+        Err(ApiError::from_response(
+            status,
+            code,
+            message,
+            parsed.request_id.or(header_request_id),
+            retry_after_ms,
+        ))
+    }
+
+    async fn call_typed<T: DeserializeOwned>(
+        &self,
+        action: Action,
+        params: &[(&str, &str)],
+    ) -> Result<T, ApiError> {
+        let body = self.call(action, params).await?;
+        serde_json::from_slice(&body).map_err(|e| {
+            // A 2xx we cannot read: the call was applied, its result is lost.
+            let mut err = ApiError::transport(
+                "Response.Malformed",
+                format!("{action} answered 2xx with an unreadable body: {e}"),
+                true,
+            );
+            err.status = Some(200);
+            err
+        })
+    }
+
+    pub async fn register_device_credential(
+        &self,
+        instance_id: &str,
+        client_id: &str,
+    ) -> Result<DeviceCredentialResponse, ApiError> {
+        self.call_typed(
+            Action::RegisterDeviceCredential,
+            &[("ClientId", client_id), ("InstanceId", instance_id)],
+        )
+        .await
+    }
+
+    pub async fn get_device_credential(
+        &self,
+        instance_id: &str,
+        client_id: &str,
+    ) -> Result<DeviceCredentialResponse, ApiError> {
+        self.call_typed(
+            Action::GetDeviceCredential,
+            &[("ClientId", client_id), ("InstanceId", instance_id)],
+        )
+        .await
+    }
+
+    pub async fn refresh_device_credential(
+        &self,
+        instance_id: &str,
+        client_id: &str,
+    ) -> Result<DeviceCredentialResponse, ApiError> {
+        self.call_typed(
+            Action::RefreshDeviceCredential,
+            &[("ClientId", client_id), ("InstanceId", instance_id)],
+        )
+        .await
+    }
+
+    pub async fn unregister_device_credential(
+        &self,
+        instance_id: &str,
+        client_id: &str,
+    ) -> Result<EmptyResponse, ApiError> {
+        self.call_typed(
+            Action::UnRegisterDeviceCredential,
+            &[("ClientId", client_id), ("InstanceId", instance_id)],
+        )
+        .await
+    }
+
+    pub async fn list_device_credential_client_id(
+        &self,
+        instance_id: &str,
+        group_id: &str,
+        page_size: u32,
+        next_token: Option<&str>,
+    ) -> Result<ClientIdListResponse, ApiError> {
+        let size = page_size.to_string();
+        let mut params = vec![
+            ("GroupId", group_id),
+            ("InstanceId", instance_id),
+            ("PageSize", size.as_str()),
+        ];
+        if let Some(token) = next_token {
+            params.push(("NextToken", token));
+        }
+        self.call_typed(Action::ListDeviceCredentialClientId, &params)
+            .await
+    }
+
+    pub async fn get_register_code(
+        &self,
+        instance_id: &str,
+    ) -> Result<RegisterCodeResponse, ApiError> {
+        self.call_typed(Action::GetRegisterCode, &[("MqttInstanceId", instance_id)])
+            .await
+    }
+
+    pub async fn inactivate_device_certificate(
+        &self,
+        instance_id: &str,
+        device_sn: &str,
+        ca_sn: &str,
+    ) -> Result<DeviceSnResponse, ApiError> {
+        self.call_typed(
+            Action::InactivateDeviceCertificate,
+            &[
+                ("CaSn", ca_sn),
+                ("DeviceSn", device_sn),
+                ("MqttInstanceId", instance_id),
+            ],
+        )
+        .await
+    }
+
+    pub async fn active_device_certificate(
+        &self,
+        instance_id: &str,
+        device_sn: &str,
+        ca_sn: &str,
+    ) -> Result<DeviceSnResponse, ApiError> {
+        self.call_typed(
+            Action::ActiveDeviceCertificate,
+            &[
+                ("CaSn", ca_sn),
+                ("DeviceSn", device_sn),
+                ("MqttInstanceId", instance_id),
+            ],
+        )
+        .await
+    }
+
+    pub async fn get_device_certificate(
+        &self,
+        instance_id: &str,
+        device_sn: &str,
+        ca_sn: &str,
+    ) -> Result<DeviceCertificateResponse, ApiError> {
+        self.call_typed(
+            Action::GetDeviceCertificate,
+            &[
+                ("CaSn", ca_sn),
+                ("DeviceSn", device_sn),
+                ("MqttInstanceId", instance_id),
+            ],
+        )
+        .await
+    }
+
+    pub async fn list_device_certificate(
+        &self,
+        instance_id: &str,
+        page_no: u32,
+        page_size: u32,
+    ) -> Result<DeviceCertificateListResponse, ApiError> {
+        let (no, size) = (page_no.to_string(), page_size.to_string());
+        self.call_typed(
+            Action::ListDeviceCertificate,
+            &[
+                ("MqttInstanceId", instance_id),
+                ("PageNo", &no),
+                ("PageSize", &size),
+            ],
+        )
+        .await
+    }
+}
+
+/// Transport failures. reqwest's messages can carry the URL, and a V1 URL carries the signature
+/// and the STS token, so the URL is stripped before the message is kept.
+fn transport_error(e: reqwest::Error) -> ApiError {
+    let connect = e.is_connect();
+    let code = if e.is_timeout() && !connect {
+        "Transport.Timeout"
+    } else if connect {
+        "Transport.Connect"
+    } else {
+        "Transport.ConnectionLost"
+    };
+    let e = e.without_url();
+    let mut message = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        message.push_str(": ");
+        message.push_str(&s.to_string());
+        source = s.source();
+    }
+    // Failing to connect means nothing was sent; anything later may have been applied.
+    ApiError::transport(code, message, !connect)
+}

@@ -1,0 +1,119 @@
+//! Which host the calls go to: `https://onsmqtt.<region>.aliyuncs.com` (the SDK's regional rule,
+//! onsmqtt-api.md §1), or an explicit `--endpoint`. Plain http is allowed only for a loopback
+//! host, where the simulator lives: credentials never cross a network unencrypted.
+
+use std::net::IpAddr;
+
+use reqwest::Url;
+
+pub const DEFAULT_REGION: &str = "cn-hangzhou";
+
+/// A resolved endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// `scheme://host[:port]/`, to which the query string is appended.
+    pub base: String,
+    /// The `host` header as sent and signed: `host[:port]` when the port is not the default.
+    pub host_header: String,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EndpointError {
+    #[error("region must not be empty")]
+    EmptyRegion,
+    #[error("region '{0}' contains characters other than letters, digits and '-'")]
+    BadRegion(String),
+    #[error("endpoint '{0}' is not a valid URL: {1}")]
+    BadUrl(String, String),
+    #[error(
+        "endpoint '{0}' uses plain http to a non-loopback host; use https (http is only for the simulator on 127.0.0.0/8 or localhost)"
+    )]
+    InsecureHttp(String),
+    #[error("endpoint '{0}' has scheme '{1}'; only https (and http to loopback) are supported")]
+    BadScheme(String, String),
+}
+
+impl Endpoint {
+    pub fn for_region(region: &str) -> Result<Self, EndpointError> {
+        if region.is_empty() {
+            return Err(EndpointError::EmptyRegion);
+        }
+        if !region
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-')
+        {
+            return Err(EndpointError::BadRegion(region.to_owned()));
+        }
+        Self::parse(&format!("https://onsmqtt.{region}.aliyuncs.com"))
+    }
+
+    pub fn parse(raw: &str) -> Result<Self, EndpointError> {
+        let with_scheme = if raw.contains("://") {
+            raw.to_owned()
+        } else {
+            format!("https://{raw}")
+        };
+        let url = Url::parse(&with_scheme)
+            .map_err(|e| EndpointError::BadUrl(raw.to_owned(), e.to_string()))?;
+        let host = url
+            .host_str()
+            .ok_or_else(|| EndpointError::BadUrl(raw.to_owned(), "no host".into()))?
+            .to_owned();
+        match url.scheme() {
+            "https" => {}
+            "http" if is_loopback(&host) => {}
+            "http" => return Err(EndpointError::InsecureHttp(raw.to_owned())),
+            other => return Err(EndpointError::BadScheme(raw.to_owned(), other.to_owned())),
+        }
+        let host_header = match url.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host,
+        };
+        Ok(Endpoint {
+            base: format!("{}://{host_header}/", url.scheme()),
+            host_header,
+        })
+    }
+}
+
+fn is_loopback(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost" || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn region_gives_the_regional_host() {
+        let e = Endpoint::for_region("cn-hangzhou").unwrap();
+        assert_eq!(e.base, "https://onsmqtt.cn-hangzhou.aliyuncs.com/");
+        assert_eq!(e.host_header, "onsmqtt.cn-hangzhou.aliyuncs.com");
+        assert_eq!(Endpoint::for_region(""), Err(EndpointError::EmptyRegion));
+        assert!(Endpoint::for_region("cn/x").is_err());
+    }
+
+    #[test]
+    fn plain_http_only_to_loopback() {
+        let e = Endpoint::parse("http://127.0.0.1:8080").unwrap();
+        assert_eq!(
+            (e.base.as_str(), e.host_header.as_str()),
+            ("http://127.0.0.1:8080/", "127.0.0.1:8080")
+        );
+        assert!(Endpoint::parse("http://localhost:1").is_ok());
+        assert!(Endpoint::parse("http://[::1]:1").is_ok());
+        assert!(matches!(
+            Endpoint::parse("http://10.0.0.1:80"),
+            Err(EndpointError::InsecureHttp(_))
+        ));
+        assert!(matches!(
+            Endpoint::parse("ftp://x"),
+            Err(EndpointError::BadScheme(..))
+        ));
+        assert_eq!(
+            Endpoint::parse("onsmqtt.example.com").unwrap().base,
+            "https://onsmqtt.example.com/"
+        );
+    }
+}
