@@ -9,3 +9,4 @@
 pub mod api;
 pub mod client_id;
 pub mod secret;
+pub mod sim;

@@ -1,0 +1,95 @@
+//! What the simulator saw, as `GET /__sim/stats` and `--stats-out` report it. Tests and
+//! benchmarks judge the worker by these numbers: the largest sliding-second windows, throttles,
+//! blocks, and how many credentials each ClientId was issued.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Stats {
+    /// Calls that reached the handler, all outcomes.
+    pub total_calls: u64,
+    /// action → outcome code (`Success` or the error code) → count.
+    pub calls: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Calls refused by the per-account per-API limit.
+    pub throttled: u64,
+    /// Calls refused because their source IP was blocked (including the one that tripped it).
+    pub blocked_refusals: u64,
+    /// Source IPs that were ever blocked.
+    pub blocked_ips: Vec<String>,
+    /// Faults injected, by kind.
+    pub faults: BTreeMap<String, u64>,
+    pub max_window: MaxWindows,
+    pub credentials: CredentialStats,
+    pub latency_ms: Latency,
+}
+
+/// The most calls seen in any sliding one-second window.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct MaxWindows {
+    pub per_api_arrivals: BTreeMap<String, usize>,
+    pub per_api_admitted: BTreeMap<String, usize>,
+    pub per_ip_arrivals: BTreeMap<String, usize>,
+    pub per_ip_admitted: BTreeMap<String, usize>,
+    pub overall_arrivals: usize,
+    pub overall_admitted: usize,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CredentialStats {
+    /// Credentials that exist now.
+    pub live: usize,
+    /// Credentials ever issued by Register.
+    pub issued_total: u64,
+    /// ClientIds ever issued one.
+    pub client_ids: usize,
+    /// ClientIds issued more than one credential (a worker bug under `--dup-mode reissue`).
+    pub duplicates: Vec<String>,
+}
+
+/// Server-side time from arrival to answer.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Latency {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+impl Latency {
+    pub fn from_micros(samples: &mut [u32]) -> Self {
+        if samples.is_empty() {
+            return Latency::default();
+        }
+        samples.sort_unstable();
+        let at =
+            |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize] as f64 / 1000.0;
+        Latency {
+            p50: at(0.5),
+            p90: at(0.9),
+            p99: at(0.99),
+            max: at(1.0),
+        }
+    }
+}
+
+impl Stats {
+    /// Successful calls of one action.
+    pub fn successes(&self, action: &str) -> u64 {
+        self.count(action, "Success")
+    }
+
+    pub fn count(&self, action: &str, code: &str) -> u64 {
+        self.calls
+            .get(action)
+            .and_then(|m| m.get(code))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Calls with a given code, across actions.
+    pub fn code_total(&self, code: &str) -> u64 {
+        self.calls.values().filter_map(|m| m.get(code)).sum()
+    }
+}
