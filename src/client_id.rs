@@ -59,7 +59,7 @@ impl ClientId {
         let device_start = group.len() + SEPARATOR.len();
         for (pos, c) in raw.char_indices() {
             let in_separator = pos >= group.len() && pos < device_start;
-            if !in_separator && !(c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            if !(in_separator || c.is_ascii_alphanumeric() || c == '-' || c == '_') {
                 return Err(ClientIdError::IllegalCharacter(c, pos + 1));
             }
         }
