@@ -8,5 +8,7 @@
 
 pub mod api;
 pub mod client_id;
+pub mod input;
+pub mod ledger;
 pub mod secret;
 pub mod sim;
