@@ -24,8 +24,17 @@ pub struct InputSpec {
 /// One data row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Row {
-    Valid { client_id: ClientId, file: Arc<str>, line: u64 },
-    Invalid { raw: String, file: Arc<str>, line: u64, reason: String },
+    Valid {
+        client_id: ClientId,
+        file: Arc<str>,
+        line: u64,
+    },
+    Invalid {
+        raw: String,
+        file: Arc<str>,
+        line: u64,
+        reason: String,
+    },
 }
 
 /// A whole-file error: the file cannot be used at all (exit 2).
@@ -38,11 +47,22 @@ pub enum InputError {
     #[error("{file}: line {line}: not valid UTF-8 (save the file as UTF-8)")]
     NotUtf8 { file: String, line: u64 },
     #[error("{file}: line {line}: {reason}")]
-    Malformed { file: String, line: u64, reason: String },
+    Malformed {
+        file: String,
+        line: u64,
+        reason: String,
+    },
     #[error("{file}: empty file: expected a header row naming the '{column}' column")]
     Empty { file: String, column: String },
-    #[error("{file}: line 1: no '{column}' column in the header (found: {found}); choose one with --column{hint}")]
-    MissingColumn { file: String, column: String, found: String, hint: String },
+    #[error(
+        "{file}: line 1: no '{column}' column in the header (found: {found}); choose one with --column{hint}"
+    )]
+    MissingColumn {
+        file: String,
+        column: String,
+        found: String,
+        hint: String,
+    },
     #[error("{file}: no data rows after the header")]
     NoRows { file: String },
 }
@@ -68,56 +88,124 @@ pub struct CsvRows {
 impl CsvRows {
     pub fn open(path: &Path, spec: &InputSpec) -> Result<Self, InputError> {
         let shown = path.display().to_string();
-        let metadata = std::fs::metadata(path).map_err(|e| InputError::Open { file: shown.clone(), reason: e.to_string() })?;
+        let metadata = std::fs::metadata(path).map_err(|e| InputError::Open {
+            file: shown.clone(),
+            reason: e.to_string(),
+        })?;
         if metadata.is_dir() {
             return Err(InputError::IsDirectory { file: shown });
         }
-        let file = File::open(path).map_err(|e| InputError::Open { file: shown.clone(), reason: e.to_string() })?;
+        let file = File::open(path).map_err(|e| InputError::Open {
+            file: shown.clone(),
+            reason: e.to_string(),
+        })?;
         let line_offset = u64::from(first_line_ends_with_crlf(&file));
-        let mut reader = csv::ReaderBuilder::new().has_headers(!spec.no_header).flexible(true).from_reader(file);
-        let default_column = if spec.group_id.is_some() { "device_id" } else { "client_id" };
-        let column_name = spec.column.clone().unwrap_or_else(|| default_column.to_owned());
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(!spec.no_header)
+            .flexible(true)
+            .from_reader(file);
+        let default_column = if spec.group_id.is_some() {
+            "device_id"
+        } else {
+            "client_id"
+        };
+        let column_name = spec
+            .column
+            .clone()
+            .unwrap_or_else(|| default_column.to_owned());
         let column = if spec.no_header {
             0
         } else {
-            let headers = reader.byte_headers().map_err(|e| csv_error(&shown, e))?.clone();
+            let headers = reader
+                .byte_headers()
+                .map_err(|e| csv_error(&shown, e))?
+                .clone();
             if headers.is_empty() || (headers.len() == 1 && headers[0].is_empty()) {
-                return Err(InputError::Empty { file: shown, column: column_name });
+                return Err(InputError::Empty {
+                    file: shown,
+                    column: column_name,
+                });
             }
             let names: Vec<String> = headers
                 .iter()
                 .map(|h| std::str::from_utf8(h).map(|s| s.trim().to_owned()))
                 .collect::<Result<_, _>>()
-                .map_err(|_| InputError::NotUtf8 { file: shown.clone(), line: 1 })?;
+                .map_err(|_| InputError::NotUtf8 {
+                    file: shown.clone(),
+                    line: 1,
+                })?;
             match names.iter().position(|n| *n == column_name) {
                 Some(i) => i,
                 None => {
-                    let hint = if names.iter().any(|n| n == "device_id") && spec.group_id.is_none() {
+                    let hint = if names.iter().any(|n| n == "device_id") && spec.group_id.is_none()
+                    {
                         ", or compose ClientIds from 'device_id' with --group-id GID_xxx".to_owned()
                     } else {
                         String::new()
                     };
-                    let found = names.iter().map(|n| format!("'{}'", truncate(n))).collect::<Vec<_>>().join(", ");
-                    return Err(InputError::MissingColumn { file: shown, column: column_name, found, hint });
+                    let found = names
+                        .iter()
+                        .map(|n| format!("'{}'", truncate(n)))
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    return Err(InputError::MissingColumn {
+                        file: shown,
+                        column: column_name,
+                        found,
+                        hint,
+                    });
                 }
             }
         };
-        Ok(CsvRows { reader, file: shown.into(), column, column_name, group_id: spec.group_id.clone(), record: csv::ByteRecord::new(), rows: 0, done: false, line_offset })
+        Ok(CsvRows {
+            reader,
+            file: shown.into(),
+            column,
+            column_name,
+            group_id: spec.group_id.clone(),
+            record: csv::ByteRecord::new(),
+            rows: 0,
+            done: false,
+            line_offset,
+        })
     }
 
     fn row(&self, line: u64) -> Result<Row, InputError> {
-        let invalid = |raw: &str, reason: String| Row::Invalid { raw: truncate(raw), file: self.file.clone(), line, reason };
-        let Some(field) = self.record.get(self.column) else {
-            return Ok(invalid("", format!("row has {} field(s); no '{}' column", self.record.len(), self.column_name)));
+        let invalid = |raw: &str, reason: String| Row::Invalid {
+            raw: truncate(raw),
+            file: self.file.clone(),
+            line,
+            reason,
         };
-        let value = std::str::from_utf8(field).map_err(|_| InputError::NotUtf8 { file: self.file.to_string(), line })?.trim();
+        let Some(field) = self.record.get(self.column) else {
+            return Ok(invalid(
+                "",
+                format!(
+                    "row has {} field(s); no '{}' column",
+                    self.record.len(),
+                    self.column_name
+                ),
+            ));
+        };
+        let value = std::str::from_utf8(field)
+            .map_err(|_| InputError::NotUtf8 {
+                file: self.file.to_string(),
+                line,
+            })?
+            .trim();
         let parsed = match &self.group_id {
-            Some(group) if value.is_empty() => return Ok(invalid(value, "device id is empty".into())),
+            Some(group) if value.is_empty() => {
+                return Ok(invalid(value, "device id is empty".into()));
+            }
             Some(group) => ClientId::compose(group, value),
             None => ClientId::parse(value),
         };
         Ok(match parsed {
-            Ok(client_id) => Row::Valid { client_id, file: self.file.clone(), line },
+            Ok(client_id) => Row::Valid {
+                client_id,
+                file: self.file.clone(),
+                line,
+            },
             Err(e) => invalid(value, e.to_string()),
         })
     }
@@ -142,7 +230,11 @@ impl Iterator for CsvRows {
             }
             Ok(false) => {
                 self.done = true;
-                (self.rows == 0).then(|| Err(InputError::NoRows { file: self.file.to_string() }))
+                (self.rows == 0).then(|| {
+                    Err(InputError::NoRows {
+                        file: self.file.to_string(),
+                    })
+                })
             }
             Err(e) => {
                 self.done = true;
@@ -167,9 +259,20 @@ fn first_line_ends_with_crlf(file: &File) -> bool {
 fn csv_error(file: &str, e: csv::Error) -> InputError {
     let line = e.position().map_or(0, |p| p.line());
     match e.kind() {
-        csv::ErrorKind::Utf8 { .. } => InputError::NotUtf8 { file: file.to_owned(), line },
-        csv::ErrorKind::Io(io) => InputError::Malformed { file: file.to_owned(), line, reason: io.to_string() },
-        _ => InputError::Malformed { file: file.to_owned(), line, reason: e.to_string() },
+        csv::ErrorKind::Utf8 { .. } => InputError::NotUtf8 {
+            file: file.to_owned(),
+            line,
+        },
+        csv::ErrorKind::Io(io) => InputError::Malformed {
+            file: file.to_owned(),
+            line,
+            reason: io.to_string(),
+        },
+        _ => InputError::Malformed {
+            file: file.to_owned(),
+            line,
+            reason: e.to_string(),
+        },
     }
 }
 
@@ -205,7 +308,9 @@ mod tests {
     fn valid_ids(rows: &[Row]) -> Vec<(String, u64)> {
         rows.iter()
             .filter_map(|r| match r {
-                Row::Valid { client_id, line, .. } => Some((client_id.to_string(), *line)),
+                Row::Valid {
+                    client_id, line, ..
+                } => Some((client_id.to_string(), *line)),
                 _ => None,
             })
             .collect()
@@ -214,29 +319,57 @@ mod tests {
     #[test]
     fn bom_crlf_quotes_and_line_numbers() {
         let rows = rows_of(b"\xEF\xBB\xBFclient_id,note\r\nGID_test@@@a,\"x, y\"\r\n\"GID_test@@@b\",\"multi\nline\"\r\nGID_test@@@c,z\r\n", &InputSpec::default()).unwrap();
-        assert_eq!(valid_ids(&rows), vec![("GID_test@@@a".into(), 2), ("GID_test@@@b".into(), 3), ("GID_test@@@c".into(), 5)]);
+        assert_eq!(
+            valid_ids(&rows),
+            vec![
+                ("GID_test@@@a".into(), 2),
+                ("GID_test@@@b".into(), 3),
+                ("GID_test@@@c".into(), 5)
+            ]
+        );
     }
 
     #[test]
     fn device_id_with_group_and_no_header() {
-        let spec = InputSpec { group_id: Some("GID_line".into()), ..Default::default() };
+        let spec = InputSpec {
+            group_id: Some("GID_line".into()),
+            ..Default::default()
+        };
         let rows = rows_of(b"device_id\n0001\n\n", &spec).unwrap();
         assert_eq!(valid_ids(&rows), vec![("GID_line@@@0001".into(), 2)]);
-        let spec = InputSpec { no_header: true, ..Default::default() };
+        let spec = InputSpec {
+            no_header: true,
+            ..Default::default()
+        };
         let rows = rows_of(b"GID_test@@@x\nbad\n", &spec).unwrap();
         assert_eq!(valid_ids(&rows).len(), 1);
-        assert!(matches!(&rows[1], Row::Invalid { line: 2, reason, .. } if reason.contains("separator")));
+        assert!(
+            matches!(&rows[1], Row::Invalid { line: 2, reason, .. } if reason.contains("separator"))
+        );
     }
 
     #[test]
     fn whole_file_errors_name_file_and_line() {
         let d = InputSpec::default();
         assert!(matches!(rows_of(b"", &d), Err(InputError::Empty { .. })));
-        assert!(matches!(rows_of(b"client_id\n", &d), Err(InputError::NoRows { .. })));
+        assert!(matches!(
+            rows_of(b"client_id\n", &d),
+            Err(InputError::NoRows { .. })
+        ));
         let e = rows_of(b"id,name\nx,y\n", &d).unwrap_err();
-        assert!(e.to_string().contains("no 'client_id' column") && e.to_string().contains("'id', 'name'"), "{e}");
+        assert!(
+            e.to_string().contains("no 'client_id' column")
+                && e.to_string().contains("'id', 'name'"),
+            "{e}"
+        );
         let e = rows_of(b"client_id\nGID_test@@@a\nGID_test@@@\xff\n", &d).unwrap_err();
-        assert_eq!(e, InputError::NotUtf8 { file: e_file(&e), line: 3 });
+        assert_eq!(
+            e,
+            InputError::NotUtf8 {
+                file: e_file(&e),
+                line: 3
+            }
+        );
         let e = rows_of(b"device_id\n1\n", &d).unwrap_err();
         assert!(e.to_string().contains("--group-id"), "{e}");
     }
@@ -255,7 +388,10 @@ mod tests {
         let rows = rows_of(&content, &InputSpec::default()).unwrap();
         match &rows[0] {
             Row::Invalid { raw, reason, .. } => {
-                assert!(raw.len() < 200 && reason.contains("1000000 characters"), "{reason}");
+                assert!(
+                    raw.len() < 200 && reason.contains("1000000 characters"),
+                    "{reason}"
+                );
             }
             other => panic!("{other:?}"),
         }

@@ -7,8 +7,13 @@
 //! them and maps every error to a documented exit code.
 
 pub mod api;
+pub mod cli;
 pub mod client_id;
 pub mod input;
 pub mod ledger;
+pub mod pipeline;
+pub mod progress;
+pub mod report;
+pub mod run;
 pub mod secret;
 pub mod sim;

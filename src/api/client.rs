@@ -266,7 +266,8 @@ impl OnsMqttClient {
         ))
     }
 
-    async fn call_typed<T: DeserializeOwned>(
+    /// Sends one call and decodes a 2xx body as `T`.
+    pub async fn call_typed<T: DeserializeOwned>(
         &self,
         action: Action,
         params: &[(&str, &str)],

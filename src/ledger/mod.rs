@@ -28,17 +28,33 @@ const BATCH: usize = 500;
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
     #[error("ledger {path}: {source}")]
-    Io { path: String, source: std::io::Error },
-    #[error("ledger {path} is in use by another mqtt-provision process (lock {path}.lock); wait for it to finish, or use another --ledger")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "ledger {path} is in use by another mqtt-provision process (lock {path}.lock); wait for it to finish, or use another --ledger"
+    )]
     Busy { path: String },
-    #[error("ledger {path} belongs to instance {found}, not {wanted}; use another --ledger for another instance")]
-    WrongInstance { path: String, found: String, wanted: String },
-    #[error("ledger {path} does not exist; run a command that creates it first (for example `register`)")]
+    #[error(
+        "ledger {path} belongs to instance {found}, not {wanted}; use another --ledger for another instance"
+    )]
+    WrongInstance {
+        path: String,
+        found: String,
+        wanted: String,
+    },
+    #[error(
+        "ledger {path} does not exist; run a command that creates it first (for example `register`)"
+    )]
     Missing { path: String },
     #[error("ledger {path}: {source}")]
     Database { path: String, source: sqlx::Error },
     #[error("ledger {path}: migrating the schema failed: {source}")]
-    Migrate { path: String, source: sqlx::migrate::MigrateError },
+    Migrate {
+        path: String,
+        source: sqlx::migrate::MigrateError,
+    },
 }
 
 /// A claimed target, ready to dispatch.
@@ -114,23 +130,33 @@ impl Ledger {
     /// Opens (creating, mode 0600) the ledger of `instance_id` for a run, exclusively.
     pub async fn open(path: &Path, instance_id: &str) -> Result<Ledger, LedgerError> {
         let shown = path.display().to_string();
-        let io = |source| LedgerError::Io { path: shown.clone(), source };
+        let io = |source| LedgerError::Io {
+            path: shown.clone(),
+            source,
+        };
         let lock = create_private(&lock_path(path)).map_err(io)?;
         match lock.try_lock() {
             Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => return Err(LedgerError::Busy { path: shown }),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(LedgerError::Busy { path: shown });
+            }
             Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
         }
         create_private(path).map_err(io)?;
         let mut ledger = Self::connect(path).await?;
         ledger._lock = Some(lock);
-        let found: Option<String> = sqlx::query_scalar("SELECT value FROM ledger_meta WHERE key = 'instance_id'")
-            .fetch_optional(&ledger.pool)
-            .await
-            .map_err(|e| ledger.db(e))?;
+        let found: Option<String> =
+            sqlx::query_scalar("SELECT value FROM ledger_meta WHERE key = 'instance_id'")
+                .fetch_optional(&ledger.pool)
+                .await
+                .map_err(|e| ledger.db(e))?;
         match found {
             Some(found) if found != instance_id => {
-                return Err(LedgerError::WrongInstance { path: shown, found, wanted: instance_id.to_owned() });
+                return Err(LedgerError::WrongInstance {
+                    path: shown,
+                    found,
+                    wanted: instance_id.to_owned(),
+                });
             }
             Some(_) => {}
             None => {
@@ -148,14 +174,17 @@ impl Ledger {
     /// Opens an existing ledger to read it (`status`, `export`), alongside a running worker.
     pub async fn open_existing(path: &Path) -> Result<Ledger, LedgerError> {
         if !path.exists() {
-            return Err(LedgerError::Missing { path: path.display().to_string() });
+            return Err(LedgerError::Missing {
+                path: path.display().to_string(),
+            });
         }
         let mut ledger = Self::connect(path).await?;
-        ledger.instance_id = sqlx::query_scalar("SELECT value FROM ledger_meta WHERE key = 'instance_id'")
-            .fetch_optional(&ledger.pool)
-            .await
-            .map_err(|e| ledger.db(e))?
-            .unwrap_or_default();
+        ledger.instance_id =
+            sqlx::query_scalar("SELECT value FROM ledger_meta WHERE key = 'instance_id'")
+                .fetch_optional(&ledger.pool)
+                .await
+                .map_err(|e| ledger.db(e))?
+                .unwrap_or_default();
         Ok(ledger)
     }
 
@@ -176,13 +205,30 @@ impl Ledger {
             .acquire_timeout(Duration::from_secs(30))
             .connect_with(options)
             .await
-            .map_err(|source| LedgerError::Database { path: shown.clone(), source })?;
-        MIGRATOR.run(&pool).await.map_err(|source| LedgerError::Migrate { path: shown.clone(), source })?;
-        Ok(Ledger { pool, path: shown, instance_id: String::new(), _lock: None })
+            .map_err(|source| LedgerError::Database {
+                path: shown.clone(),
+                source,
+            })?;
+        MIGRATOR
+            .run(&pool)
+            .await
+            .map_err(|source| LedgerError::Migrate {
+                path: shown.clone(),
+                source,
+            })?;
+        Ok(Ledger {
+            pool,
+            path: shown,
+            instance_id: String::new(),
+            _lock: None,
+        })
     }
 
     fn db(&self, source: sqlx::Error) -> LedgerError {
-        LedgerError::Database { path: self.path.clone(), source }
+        LedgerError::Database {
+            path: self.path.clone(),
+            source,
+        }
     }
 
     pub fn path(&self) -> &str {
@@ -196,20 +242,35 @@ impl Ledger {
     /// Adds rows idempotently: a target already present (from this file, another file or an
     /// earlier run) is left as it is; an invalid row is kept with its file, line and reason.
     pub async fn ingest(&self, operation: &str, rows: &[Row]) -> Result<IngestCounts, LedgerError> {
-        let mut counts = IngestCounts { rows: rows.len() as u64, ..Default::default() };
+        let mut counts = IngestCounts {
+            rows: rows.len() as u64,
+            ..Default::default()
+        };
         let now = now_ms();
         let mut tx = self.pool.begin().await.map_err(|e| self.db(e))?;
         let valid: Vec<(&str, &str, u64)> = rows
             .iter()
             .filter_map(|r| match r {
-                Row::Valid { client_id, file, line } => Some((client_id.as_str(), &**file, *line)),
+                Row::Valid {
+                    client_id,
+                    file,
+                    line,
+                } => Some((client_id.as_str(), &**file, *line)),
                 Row::Invalid { .. } => None,
             })
             .collect();
         for chunk in valid.chunks(BATCH) {
-            let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO items (operation, target, state, source_file, source_line, created_at, updated_at) ");
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO items (operation, target, state, source_file, source_line, created_at, updated_at) ",
+            );
             q.push_values(chunk, |mut b, (target, file, line)| {
-                b.push_bind(operation).push_bind(*target).push_bind("pending").push_bind(*file).push_bind(*line as i64).push_bind(now).push_bind(now);
+                b.push_bind(operation)
+                    .push_bind(*target)
+                    .push_bind("pending")
+                    .push_bind(*file)
+                    .push_bind(*line as i64)
+                    .push_bind(now)
+                    .push_bind(now);
             });
             q.push(" ON CONFLICT (operation, target) DO NOTHING");
             let done = q.build().execute(&mut *tx).await.map_err(|e| self.db(e))?;
@@ -219,15 +280,27 @@ impl Ledger {
         let invalid: Vec<(&str, u64, &str, &str)> = rows
             .iter()
             .filter_map(|r| match r {
-                Row::Invalid { raw, file, line, reason } => Some((&**file, *line, raw.as_str(), reason.as_str())),
+                Row::Invalid {
+                    raw,
+                    file,
+                    line,
+                    reason,
+                } => Some((&**file, *line, raw.as_str(), reason.as_str())),
                 Row::Valid { .. } => None,
             })
             .collect();
         counts.invalid = invalid.len() as u64;
         for chunk in invalid.chunks(BATCH) {
-            let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO rejects (operation, source_file, source_line, raw, reason, created_at) ");
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO rejects (operation, source_file, source_line, raw, reason, created_at) ",
+            );
             q.push_values(chunk, |mut b, (file, line, raw, reason)| {
-                b.push_bind(operation).push_bind(*file).push_bind(*line as i64).push_bind(*raw).push_bind(*reason).push_bind(now);
+                b.push_bind(operation)
+                    .push_bind(*file)
+                    .push_bind(*line as i64)
+                    .push_bind(*raw)
+                    .push_bind(*reason)
+                    .push_bind(now);
             });
             q.push(" ON CONFLICT (operation, source_file, source_line) DO UPDATE SET raw = excluded.raw, reason = excluded.reason");
             q.build().execute(&mut *tx).await.map_err(|e| self.db(e))?;
@@ -236,11 +309,28 @@ impl Ledger {
         Ok(counts)
     }
 
+    /// Puts `failed` targets back to `pending`, so rerunning a command retries them.
+    pub async fn retry_failed(&self, operation: &str) -> Result<u64, LedgerError> {
+        let done = sqlx::query("UPDATE items SET state = 'pending', updated_at = $1 WHERE operation = $2 AND state = 'failed'")
+            .bind(now_ms())
+            .bind(operation)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.db(e))?;
+        Ok(done.rows_affected())
+    }
+
     /// Claims up to `limit` pending targets after `after_id`, in id order. When the operation's
     /// call may change something (`marks_effect`), the claim durably records `maybe_applied`
     /// before any call is sent, so a kill -9 at any moment leaves a trace that makes the next
     /// run reconcile instead of calling again.
-    pub async fn claim(&self, operation: &str, after_id: i64, limit: i64, marks_effect: bool) -> Result<Vec<WorkItem>, LedgerError> {
+    pub async fn claim(
+        &self,
+        operation: &str,
+        after_id: i64,
+        limit: i64,
+        marks_effect: bool,
+    ) -> Result<Vec<WorkItem>, LedgerError> {
         let mut tx = self.pool.begin().await.map_err(|e| self.db(e))?;
         let rows = sqlx::query("SELECT id, target, attempts, maybe_applied FROM items WHERE operation = $1 AND state = 'pending' AND id > $2 ORDER BY id LIMIT $3")
             .bind(operation)
@@ -251,7 +341,12 @@ impl Ledger {
             .map_err(|e| self.db(e))?;
         let items: Vec<WorkItem> = rows
             .iter()
-            .map(|r| WorkItem { id: r.get(0), target: r.get(1), attempts: r.get(2), maybe_applied: r.get::<i64, _>(3) != 0 })
+            .map(|r| WorkItem {
+                id: r.get(0),
+                target: r.get(1),
+                attempts: r.get(2),
+                maybe_applied: r.get::<i64, _>(3) != 0,
+            })
             .collect();
         if marks_effect && let (Some(first), Some(last)) = (items.first(), items.last()) {
             sqlx::query("UPDATE items SET maybe_applied = 1, updated_at = $1 WHERE operation = $2 AND state = 'pending' AND id >= $3 AND id <= $4")
@@ -268,14 +363,20 @@ impl Ledger {
     }
 
     /// Stores outcomes in one transaction, one multi-row statement per 500.
-    pub async fn record(&self, operation: &str, outcomes: &[OutcomeRecord]) -> Result<(), LedgerError> {
+    pub async fn record(
+        &self,
+        operation: &str,
+        outcomes: &[OutcomeRecord],
+    ) -> Result<(), LedgerError> {
         if outcomes.is_empty() {
             return Ok(());
         }
         let now = now_ms();
         let mut tx = self.pool.begin().await.map_err(|e| self.db(e))?;
         for chunk in outcomes.chunks(BATCH) {
-            let mut q = QueryBuilder::<Sqlite>::new("WITH v(target, state, attempts_added, maybe_applied, code, message, request_id, key_id, key_secret) AS (");
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "WITH v(target, state, attempts_added, maybe_applied, code, message, request_id, key_id, key_secret) AS (",
+            );
             q.push_values(chunk, |mut b, o| {
                 b.push_bind(o.target.as_str())
                     .push_bind(o.state.as_str())
@@ -289,7 +390,9 @@ impl Ledger {
             });
             q.push(
                 ") UPDATE items SET state = v.state, attempts = items.attempts + v.attempts_added, \
-                 maybe_applied = v.maybe_applied, last_code = v.code, last_message = v.message, \
+                 maybe_applied = v.maybe_applied, \
+                 last_code = CASE WHEN v.code IS NULL AND v.state = 'pending' THEN items.last_code ELSE v.code END, \
+                 last_message = CASE WHEN v.code IS NULL AND v.state = 'pending' THEN items.last_message ELSE v.message END, \
                  last_request_id = COALESCE(v.request_id, items.last_request_id), \
                  device_access_key_id = COALESCE(v.key_id, items.device_access_key_id), \
                  device_access_key_secret = COALESCE(v.key_secret, items.device_access_key_secret), updated_at = ",
@@ -306,11 +409,12 @@ impl Ledger {
 
     /// Targets per state, with invalid input rows counted as `invalid`.
     pub async fn counts(&self, operation: &str) -> Result<BTreeMap<String, i64>, LedgerError> {
-        let rows = sqlx::query("SELECT state, COUNT(*) FROM items WHERE operation = $1 GROUP BY state")
-            .bind(operation)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| self.db(e))?;
+        let rows =
+            sqlx::query("SELECT state, COUNT(*) FROM items WHERE operation = $1 GROUP BY state")
+                .bind(operation)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| self.db(e))?;
         let mut out: BTreeMap<String, i64> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
         let rejects: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM rejects WHERE operation = $1")
             .bind(operation)
@@ -318,7 +422,8 @@ impl Ledger {
             .await
             .map_err(|e| self.db(e))?;
         if rejects > 0 {
-            *out.entry(ItemState::Invalid.as_str().to_owned()).or_default() += rejects;
+            *out.entry(ItemState::Invalid.as_str().to_owned())
+                .or_default() += rejects;
         }
         Ok(out)
     }
@@ -345,7 +450,13 @@ impl Ledger {
         .map_err(|e| self.db(e))?;
         let mut groups: Vec<ErrorGroup> = rows
             .iter()
-            .map(|r| ErrorGroup { code: r.get(0), count: r.get(1), example_target: r.get(3), example_request_id: r.get(4), message: r.get(5) })
+            .map(|r| ErrorGroup {
+                code: r.get(0),
+                count: r.get(1),
+                example_target: r.get(3),
+                example_request_id: r.get(4),
+                message: r.get(5),
+            })
             .collect();
         let rejects = sqlx::query("SELECT reason, COUNT(*), source_file, source_line FROM rejects WHERE operation = $1 GROUP BY reason ORDER BY COUNT(*) DESC LIMIT 20")
             .bind(operation)
@@ -354,13 +465,25 @@ impl Ledger {
             .map_err(|e| self.db(e))?;
         for r in rejects {
             let (file, line): (String, i64) = (r.get(2), r.get(3));
-            groups.push(ErrorGroup { code: "InvalidInput".into(), count: r.get(1), example_target: format!("{file}:{line}"), example_request_id: None, message: Some(r.get(0)) });
+            groups.push(ErrorGroup {
+                code: "InvalidInput".into(),
+                count: r.get(1),
+                example_target: format!("{file}:{line}"),
+                example_request_id: None,
+                message: Some(r.get(0)),
+            });
         }
         Ok(groups)
     }
 
     /// A page of items in the given states, after `after_id`.
-    pub async fn export_page(&self, operation: &str, states: &[&str], after_id: i64, limit: i64) -> Result<Vec<ExportRow>, LedgerError> {
+    pub async fn export_page(
+        &self,
+        operation: &str,
+        states: &[&str],
+        after_id: i64,
+        limit: i64,
+    ) -> Result<Vec<ExportRow>, LedgerError> {
         let mut q = QueryBuilder::<Sqlite>::new(
             "SELECT id, target, state, device_access_key_id, device_access_key_secret, source_file, source_line, last_code, last_message, last_request_id FROM items WHERE operation = ",
         );
@@ -374,7 +497,11 @@ impl Ledger {
         }
         q.push(") ORDER BY id LIMIT ");
         q.push_bind(limit);
-        let rows = q.build().fetch_all(&self.pool).await.map_err(|e| self.db(e))?;
+        let rows = q
+            .build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.db(e))?;
         Ok(rows
             .iter()
             .map(|r| ExportRow {
@@ -393,7 +520,12 @@ impl Ledger {
     }
 
     /// Invalid input rows: (file, line, raw, reason), after a rowid.
-    pub async fn rejects_page(&self, operation: &str, after_rowid: i64, limit: i64) -> Result<Vec<(i64, String, i64, String, String)>, LedgerError> {
+    pub async fn rejects_page(
+        &self,
+        operation: &str,
+        after_rowid: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, String, i64, String, String)>, LedgerError> {
         let rows = sqlx::query("SELECT rowid, source_file, source_line, raw, reason FROM rejects WHERE operation = $1 AND rowid > $2 ORDER BY rowid LIMIT $3")
             .bind(operation)
             .bind(after_rowid)
@@ -401,20 +533,30 @@ impl Ledger {
             .fetch_all(&self.pool)
             .await
             .map_err(|e| self.db(e))?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4))).collect())
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+            .collect())
     }
 
     pub async fn begin_run(&self, operation: &str, command: &str) -> Result<i64, LedgerError> {
-        sqlx::query_scalar("INSERT INTO runs (operation, command, started_at) VALUES ($1, $2, $3) RETURNING id")
-            .bind(operation)
-            .bind(command)
-            .bind(now_ms())
-            .fetch_one(&self.pool)
-            .await
-            .map_err(|e| self.db(e))
+        sqlx::query_scalar(
+            "INSERT INTO runs (operation, command, started_at) VALUES ($1, $2, $3) RETURNING id",
+        )
+        .bind(operation)
+        .bind(command)
+        .bind(now_ms())
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| self.db(e))
     }
 
-    pub async fn finish_run(&self, run: i64, exit_code: i32, summary: &str) -> Result<(), LedgerError> {
+    pub async fn finish_run(
+        &self,
+        run: i64,
+        exit_code: i32,
+        summary: &str,
+    ) -> Result<(), LedgerError> {
         sqlx::query("UPDATE runs SET finished_at = $1, exit_code = $2, summary = $3 WHERE id = $4")
             .bind(now_ms())
             .bind(i64::from(exit_code))
@@ -427,7 +569,19 @@ impl Ledger {
     }
 
     /// The newest run: (operation, command, started, finished, exit code, summary).
-    pub async fn last_run(&self) -> Result<Option<(String, String, i64, Option<i64>, Option<i64>, Option<String>)>, LedgerError> {
+    pub async fn last_run(
+        &self,
+    ) -> Result<
+        Option<(
+            String,
+            String,
+            i64,
+            Option<i64>,
+            Option<i64>,
+            Option<String>,
+        )>,
+        LedgerError,
+    > {
         let row = sqlx::query("SELECT operation, command, started_at, finished_at, exit_code, summary FROM runs ORDER BY id DESC LIMIT 1")
             .fetch_optional(&self.pool)
             .await

@@ -1,0 +1,184 @@
+//! The command line: clap derive types only. [`crate::run`] turns them into validated plans;
+//! nothing downstream re-checks a flag.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::api::SignatureVersion;
+use crate::sim::SimConfig;
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0    every valid device holds a credential (or the command succeeded)
+  1    finished, but some rows are invalid or failed (see `status`, `export --failures`)
+  2    usage, configuration or input error (nothing was sent)
+  3    halted: credential quota full, credentials/permission/instance refused, every source
+       address blocked, or the ledger could not be written; rerun the same command after fixing it
+  130  interrupted (Ctrl-C, SIGTERM); rerun the same command to resume";
+
+#[derive(Debug, Parser)]
+#[command(name = "mqtt-provision", version, about = "Provision ApsaraMQ for MQTT device credentials in bulk: paced, resumable, never re-keying a device.", after_help = EXIT_CODES)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Register a credential for every device of the CSV files (RegisterDeviceCredential).
+    #[command(after_help = EXIT_CODES)]
+    Register(RegisterArgs),
+    /// Counts per state, errors by code, and the last run of a ledger.
+    Status(StatusArgs),
+    /// Write credentials (or failures) from the ledger as CSV or JSON, for flashing.
+    Export(ExportArgs),
+    /// Run the OnsMqtt simulator as a server (rehearsals, tests, benchmarks).
+    Simulate(SimulateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RegisterArgs {
+    /// CSV files with a `client_id` column (or `device_id` with --group-id).
+    #[arg(required = true, value_name = "CSV")]
+    pub files: Vec<PathBuf>,
+    /// The ApsaraMQ for MQTT instance (required unless --simulate).
+    #[arg(long, value_name = "ID")]
+    pub instance_id: Option<String>,
+    #[command(flatten)]
+    pub input: InputArgs,
+    #[command(flatten)]
+    pub ledger: LedgerArgs,
+    /// Call GetDeviceCredential before the first Register of each device, for migrations where
+    /// devices may already hold a credential. Costs one extra call per device.
+    #[arg(long)]
+    pub check_existing: bool,
+    /// Ingest and validate, print the plan (counts, pace, estimated duration), send nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Rehearse against the built-in simulator (no cloud account needed).
+    #[arg(long)]
+    pub simulate: bool,
+    #[command(flatten)]
+    pub api: ApiArgs,
+    #[command(flatten)]
+    pub pace: PaceArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct InputArgs {
+    /// Column holding the ClientId (default `client_id`; `device_id` with --group-id).
+    #[arg(long, value_name = "NAME")]
+    pub column: Option<String>,
+    /// Compose ClientIds as `<GROUP_ID>@@@<device_id>`.
+    #[arg(long, value_name = "GID_xxx")]
+    pub group_id: Option<String>,
+    /// The files have no header row: one ClientId (or device id) per line.
+    #[arg(long)]
+    pub no_header: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LedgerArgs {
+    /// The SQLite ledger (created 0600; one per instance).
+    #[arg(long, value_name = "PATH", default_value = "provision.sqlite")]
+    pub ledger: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ApiArgs {
+    /// Region of the instance; gives https://onsmqtt.<region>.aliyuncs.com.
+    #[arg(long, default_value = "cn-hangzhou", env = "ALIBABA_CLOUD_REGION_ID")]
+    pub region: String,
+    /// Endpoint URL, overriding --region (plain http only to a loopback host).
+    #[arg(long, value_name = "URL")]
+    pub endpoint: Option<String>,
+    /// Signature version.
+    #[arg(long, value_enum, default_value_t = SignatureVersion::V3)]
+    pub signature: SignatureVersion,
+    /// Profile of ~/.aliyun/config.json (default: ALIBABA_CLOUD_PROFILE, else its `current`).
+    #[arg(long)]
+    pub profile: Option<String>,
+    /// Connect timeout, seconds.
+    #[arg(long, default_value_t = 5.0, value_name = "SECS")]
+    pub connect_timeout: f64,
+    /// Read timeout, seconds.
+    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
+    pub read_timeout: f64,
+    /// Local address to send from (repeatable): each gets its own per-IP budget.
+    #[arg(long = "source-address", value_name = "IP")]
+    pub source_addresses: Vec<IpAddr>,
+}
+
+#[derive(Debug, Args)]
+pub struct PaceArgs {
+    /// Account limit per API, calls/s (documented: 500).
+    #[arg(long, default_value_t = 500.0)]
+    pub account_qps: f64,
+    /// Per source address limit, all APIs, calls/s (documented: 300; past it the IP is blocked).
+    #[arg(long, default_value_t = 300.0)]
+    pub ip_qps: f64,
+    /// Kept free under both limits for network jitter: `2%` or `0.02`.
+    #[arg(long, default_value = "2%")]
+    pub headroom: String,
+    /// Token-bucket burst (the pace is lowered by burst − 1 to keep every second under the limit).
+    #[arg(long, default_value_t = 2)]
+    pub burst: u32,
+    /// Devices in progress at once.
+    #[arg(long, default_value_t = 256)]
+    pub concurrency: usize,
+    /// Transient failures per device before it is `failed` (throttling does not count).
+    #[arg(long, default_value_t = 6)]
+    pub max_attempts: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct OutputArgs {
+    /// Seconds between plain progress lines when stderr is not a terminal.
+    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
+    pub progress_interval: f64,
+    /// No progress output.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub ledger: LedgerArgs,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    Csv,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub ledger: LedgerArgs,
+    #[arg(long, value_enum, default_value_t = ExportFormat::Csv)]
+    pub format: ExportFormat,
+    /// States to export, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "registered,existing")]
+    pub state: Vec<String>,
+    /// Output file (created 0600), or `-` for standard output.
+    #[arg(long, default_value = "-")]
+    pub out: PathBuf,
+    /// Write the failures instead: file, line, client_id, state, code, message, request_id.
+    #[arg(long)]
+    pub failures: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    #[command(flatten)]
+    pub config: SimConfig,
+}

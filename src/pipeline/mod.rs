@@ -1,0 +1,383 @@
+//! The pipeline: claims targets from the ledger, paces and bounds the calls, runs an
+//! [`Operation`] on each, and hands every outcome to the single writer.
+//!
+//! ```text
+//! ledger ──claim──▶ feeder ──▶ dispatcher (pacer, semaphore) ──spawn──▶ operation ──▶ writer ──▶ ledger
+//! ```
+//! One dispatcher waits on the pacer for each target's first call (hundreds of tasks waiting on
+//! one bucket cost CPU, crates.md §1.3); follow-up calls (a Get after `DeviceCredentialExsit`,
+//! retries) wait on it themselves. Stopping — Ctrl-C, quota, a fatal error, every source address
+//! blocked, a ledger failure — ends dispatch at once, lets calls in flight finish within a bounded
+//! wait, and returns claimed-but-unsent targets to `pending`.
+
+pub mod operation;
+pub mod pacer;
+pub mod writer;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use serde::de::DeserializeOwned;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub use operation::Operation;
+pub use pacer::{PaceConfig, Pacer};
+
+use crate::api::{Action, ApiError, ErrorClass, OnsMqttClient};
+use crate::ledger::{ItemState, Ledger, LedgerError, OutcomeRecord, WorkItem};
+use crate::progress::Counters;
+use operation::Attempt;
+
+/// Validated settings of one run.
+#[derive(Debug, Clone)]
+pub struct RunPlan {
+    pub operation: Operation,
+    pub instance_id: String,
+    pub pace: PaceConfig,
+    /// Targets in progress at once (`--concurrency`).
+    pub concurrency: usize,
+    /// Transient failures per target before it is `failed` (`--max-attempts`).
+    pub max_attempts: u32,
+    /// How long calls in flight may take to finish once the run stops.
+    pub drain_timeout: Duration,
+}
+
+/// Why a run stopped before its work was done.
+#[derive(Debug, Clone)]
+pub enum Halt {
+    /// `DeviceCredentialNumExceed`.
+    QuotaFull(ApiError),
+    /// Credentials, permissions, instance, signature, clock.
+    Fatal(ApiError),
+    /// Every source address was blocked for exceeding the per-IP limit.
+    AllSourcesBlocked(ApiError),
+    /// Ctrl-C or SIGTERM.
+    Interrupted,
+    /// The ledger could not be written.
+    Ledger(String),
+}
+
+/// What a run did.
+#[derive(Debug)]
+pub struct RunOutcome {
+    pub halt: Option<Halt>,
+    pub elapsed: Duration,
+    pub calls: u64,
+    pub throttled: u64,
+}
+
+pub(crate) enum CallError {
+    Api(ApiError),
+    /// The run is stopping; the call was not sent.
+    Stopped,
+}
+
+/// What every task of a run shares.
+pub struct Worker {
+    plan: RunPlan,
+    clients: Vec<OnsMqttClient>,
+    pacer: Pacer,
+    counters: Arc<Counters>,
+    stop: CancellationToken,
+    halt: Mutex<Option<Halt>>,
+    nonce_reused: AtomicBool,
+}
+
+impl Worker {
+    pub fn instance_id(&self) -> &str {
+        &self.plan.instance_id
+    }
+
+    pub fn max_attempts(&self) -> u32 {
+        self.plan.max_attempts
+    }
+
+    pub fn stopping(&self) -> bool {
+        self.stop.is_cancelled()
+    }
+
+    fn set_halt(&self, halt: Halt) {
+        let mut slot = self.halt.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            *slot = Some(halt);
+        }
+        self.stop.cancel();
+    }
+
+    /// Stops the run because of a run-fatal error.
+    pub(crate) fn halt_on(&self, e: ApiError) {
+        if !self.stopping() {
+            tracing::error!("halting: {e}");
+        }
+        match e.class {
+            ErrorClass::QuotaFull => self.set_halt(Halt::QuotaFull(e)),
+            _ => self.set_halt(Halt::Fatal(e)),
+        }
+    }
+
+    /// Full-jitter exponential backoff (base 200 ms, cap 10 s). False if the run stopped meanwhile.
+    pub(crate) async fn backoff(&self, failures: u32) -> bool {
+        let cap = Duration::from_millis(200)
+            .saturating_mul(1 << failures.min(6))
+            .min(Duration::from_secs(10));
+        let delay = cap.mul_f64(rand::thread_rng().r#gen::<f64>());
+        self.sleep(delay).await
+    }
+
+    /// Sleeps unless the run stops first; false if it stopped.
+    async fn sleep(&self, d: Duration) -> bool {
+        tokio::select! {
+            _ = self.stop.cancelled() => false,
+            _ = tokio::time::sleep(d) => true,
+        }
+    }
+
+    /// One paced call. Throttles (wait, slow the pace, try again: not an attempt), blocked
+    /// source addresses (retire, try another) and a first replayed nonce are handled here; every
+    /// other error goes back to the operation, counted as an attempt.
+    pub(crate) async fn call<T: DeserializeOwned>(
+        &self,
+        a: &mut Attempt,
+        action: Action,
+        params: &[(&str, &str)],
+    ) -> Result<T, CallError> {
+        let mut throttles = 0u32;
+        loop {
+            let source = match a.grant.take() {
+                Some(source) => source,
+                None => {
+                    if self.stopping() {
+                        return Err(CallError::Stopped);
+                    }
+                    tokio::select! {
+                        _ = self.stop.cancelled() => return Err(CallError::Stopped),
+                        source = self.pacer.acquire(action) => match source {
+                            Some(s) => s,
+                            None => return Err(CallError::Stopped),
+                        },
+                    }
+                }
+            };
+            self.counters.calls.fetch_add(1, Ordering::Relaxed);
+            let e = match self.clients[source].call_typed::<T>(action, params).await {
+                Ok(v) => return Ok(v),
+                Err(e) => e,
+            };
+            match e.class {
+                ErrorClass::Throttled { retry_after_ms } => {
+                    self.counters.throttled.fetch_add(1, Ordering::Relaxed);
+                    self.pacer.on_throttled();
+                    throttles += 1;
+                    let wait = match retry_after_ms {
+                        Some(ms) => Duration::from_millis(ms),
+                        None => Duration::from_millis(100)
+                            .saturating_mul(1 << throttles.min(7))
+                            .min(Duration::from_secs(10))
+                            .mul_f64(0.5 + rand::thread_rng().r#gen::<f64>() / 2.0),
+                    };
+                    a.last_error = Some(e);
+                    if !self.sleep(wait).await {
+                        return Err(CallError::Stopped);
+                    }
+                }
+                ErrorClass::SourceBlocked => {
+                    let address = self.clients[source]
+                        .source_address()
+                        .map_or_else(|| "the default address".to_owned(), |a| a.to_string());
+                    let left = self.pacer.retire_source(source);
+                    tracing::error!(
+                        "source address {address} is blocked by the service ({e}); {left} address(es) left"
+                    );
+                    if left == 0 {
+                        self.set_halt(Halt::AllSourcesBlocked(e));
+                        return Err(CallError::Stopped);
+                    }
+                }
+                ErrorClass::NonceReused if !self.nonce_reused.swap(true, Ordering::Relaxed) => {
+                    tracing::warn!("{e}; retrying once with a fresh nonce");
+                }
+                _ => {
+                    a.attempts += 1;
+                    if e.class == ErrorClass::NonceReused {
+                        self.halt_on(ApiError {
+                            class: ErrorClass::Fatal,
+                            ..e
+                        });
+                        return Err(CallError::Stopped);
+                    }
+                    return Err(CallError::Api(e));
+                }
+            }
+        }
+    }
+}
+
+/// Runs `plan` over the ledger's pending targets until none is left or the run stops.
+/// `interrupt` is cancelled by Ctrl-C / SIGTERM.
+pub async fn run(
+    plan: RunPlan,
+    ledger: Arc<Ledger>,
+    clients: Vec<OnsMqttClient>,
+    counters: Arc<Counters>,
+    interrupt: CancellationToken,
+) -> Result<RunOutcome, LedgerError> {
+    let started = Instant::now();
+    let operation = plan.operation;
+    let op_name = operation.name();
+    let stop = CancellationToken::new();
+    let worker = Arc::new(Worker {
+        pacer: Pacer::new(plan.pace, clients.len()),
+        plan: plan.clone(),
+        clients,
+        counters: counters.clone(),
+        stop: stop.clone(),
+        halt: Mutex::new(None),
+        nonce_reused: AtomicBool::new(false),
+    });
+
+    let (out_tx, out_rx) = mpsc::channel::<OutcomeRecord>(4096);
+    let writer = tokio::spawn(writer::run(ledger.clone(), op_name, out_rx, stop.clone()));
+
+    // Ctrl-C becomes a halt like any other.
+    let on_interrupt = {
+        let worker = worker.clone();
+        let interrupt = interrupt.clone();
+        tokio::spawn(async move {
+            interrupt.cancelled().await;
+            worker.set_halt(Halt::Interrupted);
+        })
+    };
+    // AIMD recovery, once a second.
+    let ticker = {
+        let worker = worker.clone();
+        tokio::spawn(async move {
+            let mut t = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                t.tick().await;
+                worker.pacer.tick();
+            }
+        })
+    };
+
+    // The feeder claims ahead of the dispatcher, so a claim's commit never stalls the pace.
+    let claim_batch = (plan.pace.target_rate(worker.clients.len()) as i64 / 2).clamp(64, 1000);
+    let (work_tx, mut work_rx) = mpsc::channel::<WorkItem>(claim_batch as usize);
+    let feeder = {
+        let ledger = ledger.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut cursor = 0i64;
+            loop {
+                if stop.is_cancelled() {
+                    return Ok::<(), LedgerError>(());
+                }
+                let items = ledger
+                    .claim(op_name, cursor, claim_batch, operation.marks_effect())
+                    .await?;
+                let Some(last) = items.last() else {
+                    return Ok(());
+                };
+                cursor = last.id;
+                for item in items {
+                    if work_tx.send(item).await.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+        })
+    };
+
+    let semaphore = Arc::new(Semaphore::new(plan.concurrency));
+    let mut tasks = JoinSet::new();
+    let mut unsent: Vec<WorkItem> = Vec::new();
+    while let Some(item) = work_rx.recv().await {
+        while tasks.try_join_next().is_some() {}
+        let permit = tokio::select! {
+            _ = stop.cancelled() => { unsent.push(item); break; }
+            p = semaphore.clone().acquire_owned() => p.expect("semaphore is never closed"),
+        };
+        let first = operation.first_action(&item);
+        let grant = tokio::select! {
+            _ = stop.cancelled() => { unsent.push(item); break; }
+            g = worker.pacer.acquire(first) => g,
+        };
+        let Some(grant) = grant else {
+            unsent.push(item);
+            break;
+        };
+        let worker = worker.clone();
+        let out_tx = out_tx.clone();
+        tasks.spawn(async move {
+            let record = operation.execute(&worker, item, Some(grant)).await;
+            worker.counters.finish(record.state);
+            let _ = out_tx.send(record).await;
+            drop(permit);
+        });
+    }
+    // Claimed but never sent: back to pending as they were.
+    work_rx.close();
+    while let Ok(item) = work_rx.try_recv() {
+        unsent.push(item);
+    }
+    let feeder_result = feeder.await;
+    while let Ok(item) = work_rx.try_recv() {
+        unsent.push(item);
+    }
+    for item in unsent {
+        let record = OutcomeRecord {
+            target: item.target,
+            state: ItemState::Pending,
+            attempts_added: 0,
+            maybe_applied: item.maybe_applied,
+            code: None,
+            message: None,
+            request_id: None,
+            credential: None,
+        };
+        let _ = out_tx.send(record).await;
+    }
+
+    // Calls in flight finish, within a bound; those cut off stay claimed (maybe_applied), which
+    // the next run reconciles.
+    let drained = tokio::time::timeout(plan.drain_timeout, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            "{} call(s) still in flight after {:?}; leaving them for the next run to reconcile",
+            tasks.len(),
+            plan.drain_timeout
+        );
+        tasks.abort_all();
+    }
+    ticker.abort();
+    on_interrupt.abort();
+    drop(out_tx);
+    drop(worker.clone());
+    let writer_result = writer.await.unwrap_or_else(|e| {
+        Err(LedgerError::Io {
+            path: ledger.path().to_owned(),
+            source: std::io::Error::other(e.to_string()),
+        })
+    });
+    let mut halt = worker.halt.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Err(e) = writer_result {
+        halt = Some(Halt::Ledger(e.to_string()));
+    }
+    match feeder_result {
+        Ok(Err(e)) => halt = Some(Halt::Ledger(e.to_string())),
+        Err(e) => halt = Some(Halt::Ledger(format!("the claim task failed: {e}"))),
+        Ok(Ok(())) => {}
+    }
+    Ok(RunOutcome {
+        halt,
+        elapsed: started.elapsed(),
+        calls: counters.calls.load(Ordering::Relaxed),
+        throttled: counters.throttled.load(Ordering::Relaxed),
+    })
+}
