@@ -50,10 +50,13 @@ fn ledger_failure(e: LedgerError) -> Failure {
     }
 }
 
+/// Reads an environment variable (injected so tests never touch the process environment).
+pub type EnvReader = Box<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
 /// What the process gives a command: environment, home directory, terminal, signals. Tests
 /// build their own.
 pub struct RunContext {
-    pub env: Box<dyn Fn(&str) -> Option<String> + Send + Sync>,
+    pub env: EnvReader,
     pub home: Option<PathBuf>,
     pub stderr_is_terminal: bool,
     /// Cancelled on the first Ctrl-C / SIGTERM.

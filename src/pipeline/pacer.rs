@@ -79,9 +79,10 @@ fn limiter(rate: f64, burst: u32) -> DefaultDirectRateLimiter {
 /// How the adaptive rate moves.
 const DECREASE: f64 = 0.7;
 const FLOOR: f64 = 0.05;
-const INCREASE_PER_SEC: f64 = 0.03;
-/// One decrease per this interval: a burst of throttles from one congested second is one signal.
-const DECREASE_COOLDOWN: Duration = Duration::from_millis(1000);
+const INCREASE_PER_SEC: f64 = 0.02;
+/// One decrease per this interval: the throttles of one congested moment are one signal, yet
+/// a server far below our pace is reached within about a second.
+const DECREASE_COOLDOWN: Duration = Duration::from_millis(300);
 
 struct Adaptive {
     factor: f64,
