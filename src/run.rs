@@ -138,7 +138,7 @@ fn install_signal_handlers(interrupt: CancellationToken) {
         };
         next(&mut term).await;
         eprintln!(
-            "\ninterrupted: finishing calls in flight (press Ctrl-C again to exit at once; rerunning resumes safely)"
+            "\ninterrupted: stopping; calls in flight finish first (press Ctrl-C again to exit at once; rerunning resumes safely)"
         );
         interrupt.cancel();
         next(&mut term).await;
