@@ -257,6 +257,7 @@ impl OnsMqttClient {
         let message = parsed
             .message
             .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned());
+        let message = redact(message, &self.key);
         Err(ApiError::from_response(
             status,
             code,
@@ -431,6 +432,27 @@ impl OnsMqttClient {
     }
 }
 
+/// Removes the STS token from a server message. The gateway's `SignatureDoesNotMatch` echoes the
+/// V1 string-to-sign, which carries the token (encoded once or twice); no secret may reach a log,
+/// an error or the ledger.
+fn redact(message: String, key: &AccessKey) -> String {
+    let Some(token) = key
+        .security_token
+        .as_ref()
+        .map(|t| t.expose())
+        .filter(|t| !t.is_empty())
+    else {
+        return message;
+    };
+    let once = sign::percent_encode(token);
+    let twice = sign::percent_encode(&once);
+    let mut out = message;
+    for form in [twice.as_str(), once.as_str(), token] {
+        out = out.replace(form, "***");
+    }
+    out
+}
+
 /// Transport failures. reqwest's messages can carry the URL, and a V1 URL carries the signature
 /// and the STS token, so the URL is stripped before the message is kept.
 fn transport_error(e: reqwest::Error) -> ApiError {
@@ -452,4 +474,23 @@ fn transport_error(e: reqwest::Error) -> ApiError {
     }
     // Failing to connect means nothing was sent; anything later may have been applied.
     ApiError::transport(code, message, !connect)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::Secret;
+
+    #[test]
+    fn server_messages_lose_the_token_in_every_encoding() {
+        let mut key = AccessKey::new("id", "secret");
+        key.security_token = Some(Secret::new("CAIS+tok/en="));
+        let once = sign::percent_encode("CAIS+tok/en=");
+        let twice = sign::percent_encode(&once);
+        let message =
+            format!("string to sign is:POST&%2F&SecurityToken%3D{twice}&raw=CAIS+tok/en= {once}");
+        let clean = redact(message, &key);
+        assert!(!clean.contains("tok"), "{clean}");
+        assert_eq!(clean.matches("***").count(), 3);
+    }
 }

@@ -216,6 +216,18 @@ impl Worker {
     }
 }
 
+/// A task that panicked left its target as claimed (`maybe_applied`), which the next run
+/// reconciles; say so rather than lose the panic.
+fn report_panic(done: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = done
+        && e.is_panic()
+    {
+        tracing::error!(
+            "a target's task panicked ({e}); it stays pending and is reconciled on the next run"
+        );
+    }
+}
+
 /// Runs `plan` over the ledger's pending targets until none is left or the run stops.
 /// `interrupt` is cancelled by Ctrl-C / SIGTERM.
 pub async fn run(
@@ -295,7 +307,9 @@ pub async fn run(
     let mut tasks = JoinSet::new();
     let mut unsent: Vec<WorkItem> = Vec::new();
     while let Some(item) = work_rx.recv().await {
-        while tasks.try_join_next().is_some() {}
+        while let Some(done) = tasks.try_join_next() {
+            report_panic(done);
+        }
         let permit = tokio::select! {
             _ = stop.cancelled() => { unsent.push(item); break; }
             p = semaphore.clone().acquire_owned() => p.expect("semaphore is never closed"),

@@ -1,0 +1,569 @@
+//! The real binary under abuse, against a simulator running as its own process: kill -9 at
+//! random moments, a simulator restart, a locked ledger, a second worker, a Ctrl-C storm, and
+//! secrets in every output. Short forms run in `cargo test`; `--ignored` runs the long forms.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+
+const BIN: &str = env!("CARGO_BIN_EXE_mqtt-provision");
+const AK: &str = "TORTUREAK";
+const SECRET: &str = "torture-access-key-secret";
+const INSTANCE: &str = "post-cn-torture01";
+
+struct SimProcess {
+    child: Child,
+    port: u16,
+}
+
+impl SimProcess {
+    fn start(state: &Path, listen_port: u16, extra: &[&str]) -> SimProcess {
+        let listen = format!("127.0.0.1:{listen_port}");
+        let mut child = Command::new(BIN)
+            .args([
+                "simulate",
+                "--listen",
+                &listen,
+                "--instance",
+                INSTANCE,
+                "--access-key",
+                &format!("{AK}:{SECRET}"),
+                "--state",
+            ])
+            .arg(state)
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("simulator starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .split("http://127.0.0.1:")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line:?}"));
+        SimProcess { child, port }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn get(&self, path: &str) -> String {
+        let url = format!("{}{path}", self.endpoint());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async { reqwest::get(&url).await.unwrap().text().await.unwrap() })
+    }
+
+    fn stats(&self) -> serde_json::Value {
+        serde_json::from_str(&self.get("/__sim/stats")).unwrap()
+    }
+
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for SimProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn worker(csv: &Path, ledger: &Path, endpoint: &str, extra: &[&str]) -> Command {
+    let mut c = Command::new(BIN);
+    c.args(["register"])
+        .arg(csv)
+        .arg("--ledger")
+        .arg(ledger)
+        .args([
+            "--instance-id",
+            INSTANCE,
+            "--endpoint",
+            endpoint,
+            "--read-timeout",
+            "0.5",
+            "--connect-timeout",
+            "0.5",
+            "--max-attempts",
+            "30",
+            "--progress-interval",
+            "0.5",
+        ])
+        .args(extra)
+        // Fast pacing unless the caller paces.
+        .args(if extra.contains(&"--account-qps") {
+            &[][..]
+        } else {
+            &["--account-qps", "3000", "--ip-qps", "3000"][..]
+        })
+        .env("ALIBABA_CLOUD_ACCESS_KEY_ID", AK)
+        .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", SECRET)
+        .env("HOME", ledger.parent().unwrap())
+        .stdin(Stdio::null());
+    c
+}
+
+fn devices(dir: &Path, n: usize) -> PathBuf {
+    let mut s = String::from("client_id\n");
+    for i in 0..n {
+        s.push_str(&format!("GID_torture@@@dev-{i:07}\n"));
+    }
+    let p = dir.join("devices.csv");
+    std::fs::write(&p, s).unwrap();
+    p
+}
+
+fn credentials(csv_text: &str) -> HashMap<String, (String, String)> {
+    let mut r = csv::Reader::from_reader(csv_text.as_bytes());
+    let h = r.headers().unwrap().clone();
+    let col = |n: &str| h.iter().position(|x| x == n).unwrap();
+    let (c, k, s) = (
+        col("client_id"),
+        col("device_access_key_id"),
+        col("device_access_key_secret"),
+    );
+    r.records()
+        .map(Result::unwrap)
+        .map(|rec| (rec[c].to_owned(), (rec[k].to_owned(), rec[s].to_owned())))
+        .collect()
+}
+
+fn exported(ledger: &Path) -> HashMap<String, (String, String)> {
+    let out = Command::new(BIN)
+        .args(["export", "--ledger"])
+        .arg(ledger)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    credentials(&String::from_utf8(out.stdout).unwrap())
+}
+
+/// Runs the worker to completion (exit 0), then checks the invariants of the whole story.
+fn finish_and_check(sim: &SimProcess, csv: &Path, ledger: &Path, n: usize) {
+    let out = worker(csv, ledger, &sim.endpoint(), &[]).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "final run:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stats = sim.stats();
+    assert_eq!(
+        stats["credentials"]["duplicates"].as_array().unwrap().len(),
+        0,
+        "duplicates: {}",
+        stats["credentials"]["duplicates"]
+    );
+    let ours = exported(ledger);
+    assert_eq!(ours.len(), n, "every device holds a credential");
+    let theirs = credentials(&sim.get("/__sim/credentials"));
+    assert_eq!(
+        ours, theirs,
+        "the ledger equals the simulator's registry, row for row"
+    );
+    let status = Command::new(BIN)
+        .args(["status", "--json", "--ledger"])
+        .arg(ledger)
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert!(
+        status["operations"][0]["counts"].get("pending").is_none(),
+        "nothing pending: {}",
+        status["operations"][0]["counts"]
+    );
+}
+
+const FAULTS: [&str; 10] = [
+    "--dup-mode",
+    "reissue",
+    "--fault-internal-error",
+    "0.02",
+    "--fault-drop-after",
+    "0.02",
+    "--fault-slow",
+    "0.01",
+    "--slow-ms",
+    "1500",
+];
+
+fn kill9_story(n: usize, kills: usize, seed: u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = devices(dir.path(), n);
+    let ledger = dir.path().join("ledger.sqlite");
+    let mut extra = FAULTS.to_vec();
+    extra.extend([
+        "--latency",
+        "uniform:1:10",
+        "--account-qps",
+        "3000",
+        "--ip-qps",
+        "3000",
+    ]);
+    let sim = SimProcess::start(&dir.path().join("sim.jsonl"), 0, &extra);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    for k in 0..kills {
+        let mut child = worker(&csv, &ledger, &sim.endpoint(), &["--quiet"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(rng.gen_range(50..900)));
+        let finished = child.try_wait().unwrap().is_some();
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+        if finished {
+            eprintln!("kill {k}: the run had already finished");
+        }
+    }
+    finish_and_check(&sim, &csv, &ledger, n);
+    sim.kill();
+}
+
+#[test]
+fn kill_9_at_random_moments_then_resume() {
+    kill9_story(2_000, 6, 1);
+}
+
+#[test]
+#[ignore = "long form: 20,000 devices, 20 kills"]
+fn kill_9_at_random_moments_then_resume_long() {
+    kill9_story(20_000, 20, 2);
+}
+
+fn sigint_story(n: usize, interrupts: usize, seed: u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = devices(dir.path(), n);
+    let ledger = dir.path().join("ledger.sqlite");
+    let mut extra = FAULTS.to_vec();
+    extra.extend([
+        "--latency",
+        "uniform:1:10",
+        "--account-qps",
+        "3000",
+        "--ip-qps",
+        "3000",
+    ]);
+    let sim = SimProcess::start(&dir.path().join("sim.jsonl"), 0, &extra);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut interrupted = 0;
+    for _ in 0..interrupts {
+        let mut child = worker(&csv, &ledger, &sim.endpoint(), &["--quiet"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(rng.gen_range(100..800)));
+        unsafe_sigint(&child);
+        let out = wait_with_timeout(&mut child, Duration::from_secs(20));
+        let code = out.status.code();
+        assert!(code == Some(130) || code == Some(0), "exit {code:?}");
+        if code == Some(130) {
+            interrupted += 1;
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(text.contains("INTERRUPTED: resume with:"), "{text}");
+        }
+    }
+    assert!(interrupted > 0, "at least one run was cut");
+    finish_and_check(&sim, &csv, &ledger, n);
+}
+
+fn unsafe_sigint(child: &Child) {
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn wait_with_timeout(child: &mut Child, limit: Duration) -> Output {
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            started.elapsed() < limit,
+            "the worker did not stop within {limit:?} of SIGINT"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut stdout = Vec::new();
+    if let Some(mut s) = child.stdout.take() {
+        std::io::Read::read_to_end(&mut s, &mut stdout).unwrap();
+    }
+    Output {
+        status: child.wait().unwrap(),
+        stdout,
+        stderr: Vec::new(),
+    }
+}
+
+#[test]
+fn ctrl_c_storm_then_resume() {
+    sigint_story(2_000, 5, 3);
+}
+
+#[test]
+#[ignore = "long form: 20,000 devices, 20 interrupts"]
+fn ctrl_c_storm_then_resume_long() {
+    sigint_story(20_000, 20, 4);
+}
+
+#[test]
+fn the_worker_rides_out_a_simulator_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = devices(dir.path(), 1_500);
+    let ledger = dir.path().join("ledger.sqlite");
+    let state = dir.path().join("sim.jsonl");
+    let extra = [
+        "--latency",
+        "fixed:2",
+        "--account-qps",
+        "3000",
+        "--ip-qps",
+        "3000",
+        "--dup-mode",
+        "reissue",
+    ];
+    let sim = SimProcess::start(&state, 0, &extra);
+    let port = sim.port;
+    let child = worker(
+        &csv,
+        &ledger,
+        &sim.endpoint(),
+        &["--account-qps", "500", "--ip-qps", "500", "--quiet"],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    sim.kill();
+    std::thread::sleep(Duration::from_millis(800));
+    let sim = SimProcess::start(&state, port, &extra);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    finish_and_check(&sim, &csv, &ledger, 1_500);
+}
+
+#[test]
+fn a_second_worker_on_the_same_ledger_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = devices(dir.path(), 3_000);
+    let ledger = dir.path().join("ledger.sqlite");
+    let sim = SimProcess::start(
+        &dir.path().join("sim.jsonl"),
+        0,
+        &[
+            "--latency",
+            "fixed:2",
+            "--account-qps",
+            "3000",
+            "--ip-qps",
+            "3000",
+        ],
+    );
+    let mut first = worker(
+        &csv,
+        &ledger,
+        &sim.endpoint(),
+        &["--account-qps", "500", "--ip-qps", "500", "--quiet"],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    let second = worker(&csv, &ledger, &sim.endpoint(), &[])
+        .output()
+        .unwrap();
+    assert_eq!(
+        second.status.code(),
+        Some(2),
+        "{}{}",
+        String::from_utf8_lossy(&second.stdout),
+        String::from_utf8_lossy(&second.stderr)
+    );
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        err.contains("in use by another mqtt-provision process"),
+        "{err}"
+    );
+    assert_eq!(first.wait().unwrap().code(), Some(0));
+    finish_and_check(&sim, &csv, &ledger, 3_000);
+}
+
+#[test]
+fn a_ledger_locked_mid_run_halts_clearly_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = devices(dir.path(), 3_000);
+    let ledger = dir.path().join("ledger.sqlite");
+    let sim = SimProcess::start(
+        &dir.path().join("sim.jsonl"),
+        0,
+        &[
+            "--latency",
+            "fixed:2",
+            "--dup-mode",
+            "reissue",
+            "--account-qps",
+            "3000",
+            "--ip-qps",
+            "3000",
+        ],
+    );
+    let child = worker(
+        &csv,
+        &ledger,
+        &sim.endpoint(),
+        &["--account-qps", "500", "--ip-qps", "500", "--quiet"],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    // Another process takes SQLite's write lock and holds it past the 5 s busy timeout.
+    let locker = Command::new("python3")
+        .args(["-c", "import sqlite3,sys,time; c=sqlite3.connect(sys.argv[1], isolation_level=None, timeout=10); c.execute('BEGIN IMMEDIATE'); print('locked', flush=True); time.sleep(9)"])
+        .arg(&ledger)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let mut locker = locker;
+    let _ = locker.wait();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.code() == Some(0) {
+        panic!("the run finished before the lock was taken; make the run longer:\n{text}");
+    }
+    assert_eq!(out.status.code(), Some(3), "{text}");
+    assert!(
+        text.contains("database is locked") || text.contains("ledger"),
+        "{text}"
+    );
+    finish_and_check(&sim, &csv, &ledger, 3_000);
+}
+
+/// Every output of every command, at trace level, with failures and STS in the mix: no
+/// AccessKey secret, no token, no DeviceAccessKeySecret.
+#[test]
+fn no_secret_in_any_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = devices(dir.path(), 50);
+    let ledger = dir.path().join("ledger.sqlite");
+    let token = "CAIS-torture-token-value";
+    let sim = Command::new(BIN)
+        .args([
+            "simulate",
+            "--listen",
+            "127.0.0.1:0",
+            "--instance",
+            INSTANCE,
+            "--access-key",
+            &format!("STSAK:{SECRET}:{token}"),
+            "--fault-internal-error",
+            "0.2",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut sim = SimProcess {
+        child: sim,
+        port: 0,
+    };
+    let mut line = String::new();
+    BufReader::new(sim.child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    sim.port = line
+        .split("http://127.0.0.1:")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap();
+    let mut outputs = String::new();
+    for signature in ["v3", "v1"] {
+        // The wrong secret first, on a fresh ledger, so its calls are really sent.
+        for (id, secret) in [("STSAK", "wrong-secret-value"), ("STSAK", SECRET)] {
+            let out = worker(&csv, &ledger, &sim.endpoint(), &["--signature", signature])
+                .env("ALIBABA_CLOUD_ACCESS_KEY_ID", id)
+                .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", secret)
+                .env("ALIBABA_CLOUD_SECURITY_TOKEN", token)
+                .env("RUST_LOG", "trace")
+                .output()
+                .unwrap();
+            outputs.push_str(&String::from_utf8_lossy(&out.stdout));
+            outputs.push_str(&String::from_utf8_lossy(&out.stderr));
+        }
+        let _ = std::fs::remove_file(&ledger);
+    }
+    for args in [
+        vec!["status"],
+        vec!["status", "--json"],
+        vec!["export", "--failures"],
+    ] {
+        let out = Command::new(BIN)
+            .args(&args)
+            .arg("--ledger")
+            .arg(&ledger)
+            .env("RUST_LOG", "trace")
+            .output()
+            .unwrap();
+        outputs.push_str(&String::from_utf8_lossy(&out.stdout));
+        outputs.push_str(&String::from_utf8_lossy(&out.stderr));
+    }
+    assert!(
+        outputs.contains("SignatureDoesNotMatch"),
+        "the failing runs ran"
+    );
+    assert!(
+        outputs.len() > 10_000,
+        "trace output was captured ({} bytes)",
+        outputs.len()
+    );
+    for secret in [SECRET, "wrong-secret-value", token] {
+        if let Some(at) = outputs.find(secret) {
+            let context: String = outputs[at.saturating_sub(300)..]
+                .chars()
+                .take(400)
+                .collect();
+            panic!("a secret leaked: {secret} in …{context}…");
+        }
+    }
+    let theirs = credentials(&sim.get("/__sim/credentials"));
+    assert!(!theirs.is_empty());
+    for (_, (_, device_secret)) in theirs {
+        assert!(
+            !outputs.contains(&device_secret),
+            "a DeviceAccessKeySecret leaked"
+        );
+    }
+}
