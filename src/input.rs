@@ -5,7 +5,7 @@
 //! Never reads a whole file into memory, never panics on any input, never sends anything.
 
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use crate::client_id::ClientId;
@@ -283,15 +283,6 @@ fn truncate(s: &str) -> String {
         let head: String = s.chars().take(RAW_KEEP).collect();
         format!("{head}… ({} characters)", s.chars().count())
     }
-}
-
-/// Checks every file can be opened with this spec before anything is ingested, so a typo in the
-/// second file does not leave the first half-ingested under a failed command.
-pub fn preflight(paths: &[PathBuf], spec: &InputSpec) -> Result<(), InputError> {
-    for p in paths {
-        CsvRows::open(p, spec)?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -245,19 +245,24 @@ fn clients(
         .collect()
 }
 
-/// Reads every file once to validate it whole, then ingests it in batches: a file that fails
-/// half-way leaves nothing behind.
+/// Reads every file once, whole, before anything is stored: a file that fails half-way (not
+/// UTF-8 at line 90 000, say) leaves no ledger and no half-ingested rows behind.
+fn validate_files(files: &[PathBuf], spec: &InputSpec) -> Result<(), Failure> {
+    for file in files {
+        for row in CsvRows::open(file, spec).map_err(usage)? {
+            row.map_err(usage)?;
+        }
+    }
+    Ok(())
+}
+
+/// Ingests validated files in batches.
 async fn ingest(
     ledger: &Ledger,
     operation: &str,
     files: &[PathBuf],
     spec: &InputSpec,
 ) -> Result<crate::ledger::IngestCounts, Failure> {
-    for file in files {
-        for row in CsvRows::open(file, spec).map_err(usage)? {
-            row.map_err(usage)?;
-        }
-    }
     let mut total = crate::ledger::IngestCounts::default();
     for file in files {
         let mut batch = Vec::with_capacity(5000);
@@ -310,7 +315,7 @@ async fn register(args: RegisterArgs, context: &RunContext) -> Result<i32, Failu
             )));
         }
     };
-    crate::input::preflight(&args.files, &spec).map_err(usage)?;
+    validate_files(&args.files, &spec)?;
     let operation = Operation::Register {
         check_existing: args.check_existing,
     };
