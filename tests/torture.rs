@@ -342,8 +342,14 @@ fn the_worker_rides_out_a_simulator_restart() {
         "--dup-mode",
         "reissue",
     ];
-    let sim = SimProcess::start(&state, 0, &extra);
-    let port = sim.port;
+    // A port below the ephemeral range: while this simulator is down, no other test's
+    // simulator (listening on port 0) can be handed the same port.
+    let port = (20_000..30_000)
+        .map(|p| p + (std::process::id() % 1000) as u16 * 10 % 10_000)
+        .map(|p| 20_000 + (p - 20_000) % 10_000)
+        .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        .expect("a free port");
+    let sim = SimProcess::start(&state, port, &extra);
     let child = worker(
         &csv,
         &ledger,
