@@ -133,6 +133,9 @@ pub struct PaceArgs {
     /// Transient failures per device before it is `failed` (throttling does not count).
     #[arg(long, default_value_t = 6)]
     pub max_attempts: u32,
+    /// Benchmarks only: pace with the textbook `Quota::per_second(limit)` instead.
+    #[arg(long, hide = true)]
+    pub textbook_pacer: bool,
 }
 
 #[derive(Debug, Args)]

@@ -183,6 +183,7 @@ fn pace_plan(args: &PaceArgs) -> Result<PaceConfig, Failure> {
         ip_qps: args.ip_qps,
         headroom,
         burst: args.burst,
+        textbook: args.textbook_pacer,
     };
     if config.ip_ceiling() < f64::from(args.burst) {
         return Err(usage(anyhow!(

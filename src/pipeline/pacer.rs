@@ -32,6 +32,9 @@ pub struct PaceConfig {
     pub headroom: f64,
     /// Token-bucket burst.
     pub burst: u32,
+    /// Benchmarks only: the textbook `Quota::per_second(limit)` (burst = limit), to show what
+    /// the careful sizing avoids.
+    pub textbook: bool,
 }
 
 impl Default for PaceConfig {
@@ -41,6 +44,7 @@ impl Default for PaceConfig {
             ip_qps: 300.0,
             headroom: 0.02,
             burst: 2,
+            textbook: false,
         }
     }
 }
@@ -103,6 +107,31 @@ pub struct Pacer {
 impl Pacer {
     pub fn new(config: PaceConfig, sources: usize) -> Self {
         let sources = sources.max(1);
+        if config.textbook {
+            let per_second = |limit: f64| {
+                RateLimiter::direct(Quota::per_second(
+                    NonZeroU32::new(limit.max(1.0) as u32).expect("≥ 1"),
+                ))
+            };
+            return Pacer {
+                config,
+                per_api: Action::ALL
+                    .iter()
+                    .map(|_| per_second(config.account_qps))
+                    .collect(),
+                per_source: (0..sources).map(|_| per_second(config.ip_qps)).collect(),
+                source_active: (0..sources).map(|_| AtomicBool::new(true)).collect(),
+                next_source: AtomicUsize::new(0),
+                global: RwLock::new(Arc::new(per_second(
+                    config.account_qps.max(config.ip_qps * sources as f64),
+                ))),
+                adaptive: Mutex::new(Adaptive {
+                    factor: 1.0,
+                    last_decrease: None,
+                    last_change: Instant::now(),
+                }),
+            };
+        }
         let api_rate = config.rate_for(config.account_ceiling());
         let ip_rate = config.rate_for(config.ip_ceiling());
         Pacer {
@@ -214,6 +243,9 @@ impl Pacer {
     }
 
     fn rebuild_global(&self) {
+        if self.config.textbook {
+            return;
+        }
         let rate = self.current_rate();
         *self.global.write().unwrap_or_else(|p| p.into_inner()) =
             Arc::new(limiter(rate, self.config.burst));
@@ -252,6 +284,7 @@ mod tests {
             ip_qps: 200.0,
             headroom: 0.0,
             burst: 2,
+            textbook: false,
         };
         let p = Pacer::new(config, 1);
         let started = Instant::now();

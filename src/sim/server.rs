@@ -58,6 +58,8 @@ struct Inner {
     faults: BTreeMap<String, u64>,
     latencies_us: Vec<u32>,
     request_seq: u64,
+    first_arrival: Option<Instant>,
+    admitted_per_second: Vec<u64>,
 }
 
 pub struct Sim {
@@ -129,6 +131,8 @@ impl Sim {
             faults: BTreeMap::new(),
             latencies_us: Vec::new(),
             request_seq: 0,
+            first_arrival: None,
+            admitted_per_second: Vec::new(),
         };
         Ok(Sim {
             keys: config.keys(),
@@ -185,6 +189,7 @@ impl Sim {
                 duplicates,
             },
             latency_ms: stats::Latency::from_micros(&mut inner.latencies_us.clone()),
+            admitted_per_second: inner.admitted_per_second.clone(),
         }
     }
 
@@ -216,6 +221,7 @@ impl Sim {
         let mut inner = self.lock();
         let inner = &mut *inner;
         inner.total_calls += 1;
+        let first = *inner.first_arrival.get_or_insert(now);
         let action = req.action_name().and_then(Action::from_name);
         inner.overall_arrivals.record(now);
         if let Some(a) = action {
@@ -291,6 +297,11 @@ impl Sim {
         }
         inner.api_admitted[action.index()].record(now);
         inner.overall_admitted.record(now);
+        let second = now.duration_since(first).as_secs() as usize;
+        if inner.admitted_per_second.len() <= second {
+            inner.admitted_per_second.resize(second + 1, 0);
+        }
+        inner.admitted_per_second[second] += 1;
         inner
             .ips
             .get_mut(&peer)

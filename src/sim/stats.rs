@@ -23,6 +23,8 @@ pub struct Stats {
     pub max_window: MaxWindows,
     pub credentials: CredentialStats,
     pub latency_ms: Latency,
+    /// Admitted calls (all APIs) in each whole second since the first call arrived.
+    pub admitted_per_second: Vec<u64>,
 }
 
 /// The most calls seen in any sliding one-second window.

@@ -59,7 +59,10 @@ mod tests {
         assert_eq!(w.count(t0 + Duration::from_millis(999)), 10);
         assert_eq!(w.count(t0 + Duration::from_millis(1000)), 9);
         assert_eq!(w.max(), 10);
+        // At 1950 ms everything up to 950 ms has left: only the new call is inside.
         w.record(t0 + Duration::from_millis(1950));
-        assert_eq!(w.count(t0 + Duration::from_millis(1950)), 1 + 1);
+        assert_eq!(w.count(t0 + Duration::from_millis(1950)), 1);
+        w.record(t0 + Duration::from_millis(2000));
+        assert_eq!(w.count(t0 + Duration::from_millis(2949)), 2);
     }
 }
