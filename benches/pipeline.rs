@@ -1,0 +1,459 @@
+//! `cargo bench --bench pipeline [SCENARIO...]`: the pipeline against the simulator, each as its
+//! own process (so the worker's CPU and memory are measured apart from the server's), printing
+//! one Markdown row per scenario. Scenarios: pace, two-ips, shared-account, ceiling, scale, naive.
+//! `BENCH_DEVICES=N` shrinks the device counts for a quick look.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mqtt_provision::api::{AccessKey, ClientConfig, Endpoint, OnsMqttClient};
+
+const BIN: &str = env!("CARGO_BIN_EXE_mqtt-provision");
+const AK: &str = "BENCHAK";
+const SECRET: &str = "bench-secret";
+const INSTANCE: &str = "post-cn-bench0001";
+
+struct Sim {
+    child: Child,
+    port: u16,
+}
+
+impl Sim {
+    fn start(extra: &[&str]) -> Sim {
+        let mut child = Command::new(BIN)
+            .args([
+                "simulate",
+                "--listen",
+                "127.0.0.1:0",
+                "--instance",
+                INSTANCE,
+                "--access-key",
+                &format!("{AK}:{SECRET}"),
+            ])
+            .args(extra)
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("simulator");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .split("http://127.0.0.1:")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|p| p.parse().ok())
+            .expect("port");
+        Sim { child, port }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn stats(&self) -> serde_json::Value {
+        let url = format!("{}/__sim/stats", self.endpoint());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            serde_json::from_str(&reqwest::get(&url).await.unwrap().text().await.unwrap()).unwrap()
+        })
+    }
+
+    /// CPU seconds the simulator process has used so far.
+    fn cpu_seconds(&self) -> f64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        let fields: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        // After the ')': state is field 0, utime 11, stime 12 (clock ticks).
+        (ticks(11) + ticks(12)) / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+    }
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A finished worker process: exit code, wall time, CPU seconds, peak RSS, stdout.
+struct Measured {
+    code: i32,
+    wall: f64,
+    cpu: f64,
+    max_rss_mib: f64,
+    stdout: String,
+}
+
+fn measure(mut cmd: Command) -> Measured {
+    let started = Instant::now();
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("worker");
+    let pid = child.id() as libc::pid_t;
+    let mut stdout = String::new();
+    if let Some(mut out) = child.stdout {
+        std::io::Read::read_to_string(&mut out, &mut stdout).unwrap();
+    }
+    let mut status = 0;
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let wall = started.elapsed().as_secs_f64();
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Measured {
+        code: if libc::WIFEXITED(status) {
+            libc::WEXITSTATUS(status)
+        } else {
+            -1
+        },
+        wall,
+        cpu: tv(usage.ru_utime) + tv(usage.ru_stime),
+        max_rss_mib: usage.ru_maxrss as f64 / 1024.0,
+        stdout,
+    }
+}
+
+fn worker(csv: &Path, ledger: &Path, endpoint: &str, extra: &[&str]) -> Command {
+    let mut c = Command::new(BIN);
+    c.arg("register")
+        .arg(csv)
+        .arg("--ledger")
+        .arg(ledger)
+        .args(["--instance-id", INSTANCE, "--endpoint", endpoint, "--quiet"])
+        .args(extra);
+    c.env("ALIBABA_CLOUD_ACCESS_KEY_ID", AK)
+        .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", SECRET)
+        .env("RUST_LOG", "error");
+    c
+}
+
+fn devices(dir: &Path, n: usize, tag: &str) -> PathBuf {
+    use std::io::Write;
+    let path = dir.join(format!("{tag}-{n}.csv"));
+    let mut w = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+    writeln!(w, "client_id").unwrap();
+    for i in 0..n {
+        writeln!(w, "GID_bench@@@{tag}-{i:08}").unwrap();
+    }
+    path
+}
+
+fn count(n: usize) -> usize {
+    std::env::var("BENCH_DEVICES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(n, |cap: usize| n.min(cap))
+}
+
+/// Mean admitted calls/s over the steady phase: whole seconds, first 2 and last 2 dropped.
+fn steady_rate(stats: &serde_json::Value) -> f64 {
+    let per: Vec<f64> = stats["admitted_per_second"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    if per.len() <= 5 {
+        return per.iter().sum::<f64>() / per.len().max(1) as f64;
+    }
+    let steady = &per[2..per.len() - 2];
+    steady.iter().sum::<f64>() / steady.len() as f64
+}
+
+fn max_of(v: &serde_json::Value) -> u64 {
+    v.as_object()
+        .map(|m| m.values().filter_map(|x| x.as_u64()).max().unwrap_or(0))
+        .unwrap_or(0)
+}
+
+fn throttled_in(stdout: &str) -> u64 {
+    stdout
+        .lines()
+        .find_map(|l| {
+            l.split("), ")
+                .nth(1)
+                .and_then(|r| r.strip_suffix(" throttled"))
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn paced(name: &str, n: usize, worker_extra: &[&str], target: f64, goal: f64, textbook: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = devices(dir.path(), n, name);
+    let sim = Sim::start(&["--latency", "lognormal:80:0.5"]);
+    let mut extra = worker_extra.to_vec();
+    if textbook {
+        extra.push("--textbook-pacer");
+    }
+    let m = measure(worker(
+        &csv,
+        &dir.path().join("l.sqlite"),
+        &sim.endpoint(),
+        &extra,
+    ));
+    let s = sim.stats();
+    let rate = steady_rate(&s);
+    println!(
+        "| {name} | {n} devices, exit {} | steady {rate:.1} calls/s = {:.4} of target {target:.0} (goal ≥ {goal}) | max 1-s window: per API {}, per IP {} | throttled {}, blocked IPs {:?} | worker CPU {:.1} % of one core, peak RSS {:.1} MiB | wall {:.1} s |",
+        m.code,
+        rate / target,
+        max_of(&s["max_window"]["per_api_arrivals"]),
+        max_of(&s["max_window"]["per_ip_arrivals"]),
+        s["throttled"],
+        s["blocked_ips"].as_array().unwrap(),
+        100.0 * m.cpu / m.wall,
+        m.max_rss_mib,
+        m.wall
+    );
+}
+
+fn shared_account() {
+    let n = count(30_000);
+    let dir = tempfile::tempdir().unwrap();
+    let csv = devices(dir.path(), n, "shared");
+    let sim = Sim::start(&["--latency", "lognormal:80:0.5"]);
+    let endpoint = sim.endpoint();
+    // Another application of the same account: 150 Register calls/s from its own address.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let other = {
+        let stop = stop.clone();
+        let endpoint = endpoint.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let mut config = ClientConfig::new(Endpoint::parse(&endpoint).unwrap());
+                config.source_address = Some("127.0.0.4".parse().unwrap());
+                let client = OnsMqttClient::new(config, AccessKey::new(AK, SECRET)).unwrap();
+                let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / 150));
+                let mut i = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    tick.tick().await;
+                    let c = client.clone();
+                    i += 1;
+                    tokio::spawn(async move {
+                        let _ = c
+                            .register_device_credential(INSTANCE, &format!("GID_other@@@o-{i:08}"))
+                            .await;
+                    });
+                }
+            });
+        })
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    let m = measure(worker(
+        &csv,
+        &dir.path().join("l.sqlite"),
+        &endpoint,
+        &[
+            "--source-address",
+            "127.0.0.2",
+            "--source-address",
+            "127.0.0.3",
+        ],
+    ));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = other.join();
+    let s = sim.stats();
+    let worker_calls: f64 = m
+        .stdout
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("this run: ")
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0.0);
+    let throttled = throttled_in(&m.stdout);
+    println!(
+        "| shared-account | {n} devices + another client at 150/s, exit {} | worker {:.1} devices/s (the account has ~350/s left for it) | max 1-s window per API {} (limit 500) | worker throttled {throttled} of {worker_calls:.0} calls = {:.2} % | worker CPU {:.1} % | wall {:.1} s |",
+        m.code,
+        n as f64 / m.wall,
+        max_of(&s["max_window"]["per_api_admitted"]),
+        100.0 * throttled as f64 / worker_calls.max(1.0),
+        100.0 * m.cpu / m.wall,
+        m.wall
+    );
+}
+
+const UNLIMITED: [&str; 4] = ["--account-qps", "10000000", "--ip-qps", "10000000"];
+
+fn ceiling() {
+    let n = count(200_000);
+    let dir = tempfile::tempdir().unwrap();
+    let csv = devices(dir.path(), n, "ceiling");
+    let sim = Sim::start(&UNLIMITED);
+    let sim_cpu_before = sim.cpu_seconds();
+    let m = measure(worker(
+        &csv,
+        &dir.path().join("l.sqlite"),
+        &sim.endpoint(),
+        &UNLIMITED,
+    ));
+    let sim_cpu = sim.cpu_seconds() - sim_cpu_before;
+    let s = sim.stats();
+    println!(
+        "| ceiling | {n} devices, zero latency, limits lifted, exit {} | {:.0} devices/s end to end (goal ≥ 10000) | worker {:.3} CPU-s per 1000 devices, peak RSS {:.1} MiB | simulator served {:.0} calls/s using {:.0} % of a core | wall {:.1} s |",
+        m.code,
+        n as f64 / m.wall,
+        1000.0 * m.cpu / n as f64,
+        m.max_rss_mib,
+        s["total_calls"].as_f64().unwrap() / m.wall,
+        100.0 * sim_cpu / m.wall,
+        m.wall
+    );
+    drop(sim);
+    simulator_capacity();
+}
+
+/// The simulator alone, signatures checked: a load generator of 128 concurrent V3-signed calls.
+fn simulator_capacity() {
+    let sim = Sim::start(&UNLIMITED);
+    let endpoint = sim.endpoint();
+    let cpu0 = sim.cpu_seconds();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (calls, secs) = rt.block_on(async move {
+        let client = OnsMqttClient::new(
+            ClientConfig::new(Endpoint::parse(&endpoint).unwrap()),
+            AccessKey::new(AK, SECRET),
+        )
+        .unwrap();
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(5);
+        let mut set = tokio::task::JoinSet::new();
+        for t in 0..128u64 {
+            let c = client.clone();
+            set.spawn(async move {
+                let mut n = 0u64;
+                while Instant::now() < deadline {
+                    if c.get_device_credential(INSTANCE, &format!("GID_bench@@@cap-{t}"))
+                        .await
+                        .is_err()
+                    {
+                        n += 1; // DeviceCredentialNotFound: a full, signed, answered call
+                    } else {
+                        n += 1;
+                    }
+                }
+                n
+            });
+        }
+        let mut total = 0;
+        while let Some(n) = set.join_next().await {
+            total += n.unwrap();
+        }
+        (total, started.elapsed().as_secs_f64())
+    });
+    let cpu = sim.cpu_seconds() - cpu0;
+    println!(
+        "| simulator capacity | 128 concurrent V3-signed calls for 5 s (load generator on the same 2 cores) | {:.0} calls/s (goal ≥ 5000) | simulator CPU {:.0} % of a core | | | |",
+        calls as f64 / secs,
+        100.0 * cpu / secs
+    );
+}
+
+fn scale() {
+    for n in [100_000, 1_000_000].map(count) {
+        let dir = tempfile::tempdir().unwrap();
+        let csv = devices(dir.path(), n, "scale");
+        let ledger = dir.path().join("l.sqlite");
+        let sim = Sim::start(&UNLIMITED);
+        let ingest = measure(worker(&csv, &ledger, &sim.endpoint(), &["--dry-run"]));
+        let run = measure(worker(&csv, &ledger, &sim.endpoint(), &UNLIMITED));
+        let rerun = measure(worker(&csv, &ledger, &sim.endpoint(), &UNLIMITED));
+        println!(
+            "| scale | {n} rows | ingest (validate + store, --dry-run) {:.2} s (goal ≤ 10 s for 1M), peak RSS {:.1} MiB | full run exit {}: {:.1} s, worker peak RSS {:.1} MiB (goal ≤ 64) | rerun on the completed ledger: exit {} in {:.2} s (goal ≤ 2 s) | | |",
+            ingest.wall,
+            ingest.max_rss_mib,
+            run.code,
+            run.wall,
+            run.max_rss_mib,
+            rerun.code,
+            rerun.wall
+        );
+    }
+}
+
+fn main() {
+    let all = [
+        "pace",
+        "two-ips",
+        "shared-account",
+        "ceiling",
+        "scale",
+        "naive",
+    ];
+    let chosen: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let chosen: Vec<&str> = if chosen.is_empty() {
+        all.to_vec()
+    } else {
+        chosen.iter().map(String::as_str).collect()
+    };
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().next().map(str::to_owned))
+        .unwrap_or_default();
+    println!(
+        "machine: {} cores, {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        mem.split_whitespace().skip(1).collect::<Vec<_>>().join(" ")
+    );
+    println!("| scenario | load | rate | windows / CPU | throttles | resources | time |");
+    println!("|---|---|---|---|---|---|---|");
+    for s in chosen {
+        match s {
+            "pace" => paced("pace", count(30_000), &[], 293.0, 0.995, false),
+            "two-ips" => paced(
+                "two-ips",
+                count(30_000),
+                &[
+                    "--source-address",
+                    "127.0.0.2",
+                    "--source-address",
+                    "127.0.0.3",
+                    "--headroom",
+                    "0.5%",
+                ],
+                496.0,
+                0.99,
+                false,
+            ),
+            "shared-account" => shared_account(),
+            "ceiling" => ceiling(),
+            "scale" => scale(),
+            "naive" => paced("naive", count(30_000), &[], 300.0, 0.995, true),
+            other => eprintln!("unknown scenario {other}; choose from {all:?}"),
+        }
+    }
+}
