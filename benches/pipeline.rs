@@ -102,6 +102,8 @@ struct Measured {
     stdout: String,
 }
 
+// The child is reaped by `wait4` (for its rusage), which clippy cannot see.
+#[allow(clippy::zombie_processes)]
 fn measure(mut cmd: Command) -> Measured {
     let started = Instant::now();
     let child = cmd
