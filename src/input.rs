@@ -21,6 +21,34 @@ pub struct InputSpec {
     pub no_header: bool,
 }
 
+impl InputSpec {
+    /// A stable description, stored with a file's fingerprint: the same bytes read another way
+    /// are another input.
+    pub fn fingerprint_key(&self) -> String {
+        format!(
+            "column={:?};group={:?};no_header={}",
+            self.column, self.group_id, self.no_header
+        )
+    }
+}
+
+/// SHA-256 of a file's content, streamed.
+pub fn file_sha256(path: &Path) -> std::io::Result<String> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut file = File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
 /// One data row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Row {

@@ -119,7 +119,10 @@ pub fn summary(
     match &run.halt {
         None => {
             let failed = status.count(ItemState::Failed) + status.count(ItemState::Invalid);
-            if failed > 0 {
+            let pending = status.count(ItemState::Pending);
+            if pending > 0 {
+                out.push_str(&format!("  {pending} still pending: rerun the same command to finish them:\n    {resume}\n"));
+            } else if failed > 0 {
                 out.push_str(&format!("  finished with {failed} invalid or failed: `mqtt-provision export --failures --ledger {}` lists them; fix and rerun\n", ledger.path()));
             } else if status.total() == 0 {
                 out.push_str("  nothing to do: no valid rows\n");

@@ -257,17 +257,18 @@ fn validate_files(files: &[PathBuf], spec: &InputSpec) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Ingests validated files in batches.
+/// Ingests validated files in batches, recording each file's fingerprint once it is all in.
 async fn ingest(
     ledger: &Ledger,
     operation: &str,
-    files: &[PathBuf],
+    files: &[(PathBuf, String)],
     spec: &InputSpec,
 ) -> Result<crate::ledger::IngestCounts, Failure> {
     let mut total = crate::ledger::IngestCounts::default();
-    for file in files {
+    for (file, sha) in files {
         let mut batch = Vec::with_capacity(5000);
         let mut rows = CsvRows::open(file, spec).map_err(usage)?;
+        let mut file_rows = 0u64;
         loop {
             let next = rows.next().transpose().map_err(usage)?;
             let end = next.is_none();
@@ -283,14 +284,63 @@ async fn ingest(
                 total.new_targets += c.new_targets;
                 total.duplicates += c.duplicates;
                 total.invalid += c.invalid;
+                file_rows += c.rows;
                 batch.clear();
             }
             if end {
                 break;
             }
         }
+        let shown = file.display().to_string();
+        ledger
+            .mark_ingested(operation, sha, &spec.fingerprint_key(), &shown, file_rows)
+            .await
+            .map_err(ledger_failure)?;
     }
     Ok(total)
+}
+
+/// Files whose content was already fully ingested (same bytes, same reading) are skipped:
+/// rerunning on a completed million-row ledger must not re-read a million rows twice.
+async fn files_to_ingest(
+    ledger_path: &std::path::Path,
+    operation: &str,
+    files: &[PathBuf],
+    spec: &InputSpec,
+) -> Result<Vec<(PathBuf, String)>, Failure> {
+    let mut fresh = Vec::new();
+    let existing = if ledger_path.exists() {
+        Some(
+            Ledger::open_existing(ledger_path)
+                .await
+                .map_err(ledger_failure)?,
+        )
+    } else {
+        None
+    };
+    for file in files {
+        let sha = crate::input::file_sha256(file)
+            .map_err(|e| usage(anyhow!("{}: cannot read: {e}", file.display())))?;
+        let known = match &existing {
+            Some(l) => l
+                .was_ingested(operation, &sha, &spec.fingerprint_key())
+                .await
+                .map_err(ledger_failure)?,
+            None => false,
+        };
+        if !known {
+            fresh.push((file.clone(), sha));
+        }
+    }
+    if let Some(l) = existing {
+        l.close().await;
+    }
+    Ok(fresh)
+}
+
+/// `register`'s ledger operation, known before the plan is built.
+fn operation_name_for_ingest(check_existing: bool) -> &'static str {
+    Operation::Register { check_existing }.name()
 }
 
 async fn register(args: RegisterArgs, context: &RunContext) -> Result<i32, Failure> {
@@ -316,7 +366,19 @@ async fn register(args: RegisterArgs, context: &RunContext) -> Result<i32, Failu
             )));
         }
     };
-    validate_files(&args.files, &spec)?;
+    if args.files.iter().any(|f| f.is_dir()) || args.files.iter().any(|f| !f.exists()) {
+        // Name the file exactly as the reader does.
+        validate_files(&args.files, &spec)?;
+    }
+    let fresh = files_to_ingest(
+        &args.ledger.ledger,
+        operation_name_for_ingest(args.check_existing),
+        &args.files,
+        &spec,
+    )
+    .await?;
+    let fresh_files: Vec<PathBuf> = fresh.iter().map(|(f, _)| f.clone()).collect();
+    validate_files(&fresh_files, &spec)?;
     let operation = Operation::Register {
         check_existing: args.check_existing,
     };
@@ -372,11 +434,15 @@ async fn register(args: RegisterArgs, context: &RunContext) -> Result<i32, Failu
         .retry_failed(operation.name())
         .await
         .map_err(ledger_failure)?;
-    let counts = ingest(&ledger, operation.name(), &args.files, &spec).await?;
+    let counts = ingest(&ledger, operation.name(), &fresh, &spec).await?;
+    let unchanged = args.files.len() - fresh.len();
+    if unchanged > 0 {
+        println!("{unchanged} file(s) already ingested unchanged: not read again");
+    }
     println!(
         "ingested {} rows from {} file(s): {} new devices, {} already in the ledger or repeated, {} invalid{}",
         counts.rows,
-        args.files.len(),
+        fresh.len(),
         counts.new_targets,
         counts.duplicates,
         counts.invalid,

@@ -309,6 +309,47 @@ impl Ledger {
         Ok(counts)
     }
 
+    /// Whether a file with this content was already fully ingested with this input spec.
+    pub async fn was_ingested(
+        &self,
+        operation: &str,
+        sha256: &str,
+        spec: &str,
+    ) -> Result<bool, LedgerError> {
+        let found: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM inputs WHERE operation = $1 AND sha256 = $2 AND spec = $3",
+        )
+        .bind(operation)
+        .bind(sha256)
+        .bind(spec)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| self.db(e))?;
+        Ok(found.is_some())
+    }
+
+    /// Records that a file was fully ingested.
+    pub async fn mark_ingested(
+        &self,
+        operation: &str,
+        sha256: &str,
+        spec: &str,
+        path: &str,
+        rows: u64,
+    ) -> Result<(), LedgerError> {
+        sqlx::query("INSERT INTO inputs (operation, sha256, spec, path, rows, ingested_at) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (operation, sha256, spec) DO UPDATE SET path = excluded.path, ingested_at = excluded.ingested_at")
+            .bind(operation)
+            .bind(sha256)
+            .bind(spec)
+            .bind(path)
+            .bind(rows as i64)
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.db(e))?;
+        Ok(())
+    }
+
     /// Puts `failed` targets back to `pending`, so rerunning a command retries them.
     pub async fn retry_failed(&self, operation: &str) -> Result<u64, LedgerError> {
         let done = sqlx::query("UPDATE items SET state = 'pending', updated_at = $1 WHERE operation = $2 AND state = 'failed'")

@@ -355,10 +355,22 @@ pub async fn run(
         let _ = out_tx.send(record).await;
     }
 
-    // Calls in flight finish, within a bound; those cut off stay claimed (maybe_applied), which
-    // the next run reconciles.
+    // A run that ends normally waits for every target, retries and backoffs included. Once the
+    // run is stopping, calls in flight get a bounded wait; those cut off stay claimed
+    // (maybe_applied), which the next run reconciles.
+    loop {
+        tokio::select! {
+            done = tasks.join_next() => match done {
+                Some(done) => report_panic(done),
+                None => break,
+            },
+            _ = stop.cancelled() => break,
+        }
+    }
     let drained = tokio::time::timeout(plan.drain_timeout, async {
-        while tasks.join_next().await.is_some() {}
+        while let Some(done) = tasks.join_next().await {
+            report_panic(done);
+        }
     })
     .await;
     if drained.is_err() {
