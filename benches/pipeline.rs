@@ -215,6 +215,11 @@ fn paced(name: &str, n: usize, worker_extra: &[&str], target: f64, goal: f64, te
     ));
     let s = sim.stats();
     let rate = steady_rate(&s);
+    if std::env::var_os("BENCH_TIMELINE").is_some() {
+        eprintln!("{name} admitted per second: {}", s["admitted_per_second"]);
+        eprintln!("{name} calls: {}", s["calls"]);
+        eprintln!("{name} worker: {}", m.stdout);
+    }
     println!(
         "| {name} | {n} devices, exit {} | steady {rate:.1} calls/s = {:.4} of target {target:.0} (goal ≥ {goal}) | max 1-s window: per API {}, per IP {} | throttled {}, blocked IPs {:?} | worker CPU {:.1} % of one core, peak RSS {:.1} MiB | wall {:.1} s |",
         m.code,

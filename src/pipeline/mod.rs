@@ -287,9 +287,14 @@ pub async fn run(
                 if stop.is_cancelled() {
                     return Ok::<(), LedgerError>(());
                 }
+                let claim_started = Instant::now();
                 let items = ledger
                     .claim(op_name, cursor, claim_batch, operation.marks_effect())
                     .await?;
+                let took = claim_started.elapsed();
+                if took > Duration::from_millis(100) {
+                    tracing::warn!("claiming {} targets took {took:?}", items.len());
+                }
                 let Some(last) = items.last() else {
                     return Ok(());
                 };
