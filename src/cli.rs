@@ -30,6 +30,26 @@ pub enum Command {
     /// Register a credential for every device of the CSV files (RegisterDeviceCredential).
     #[command(after_help = EXIT_CODES)]
     Register(RegisterArgs),
+    /// Fetch the existing credential of every device (GetDeviceCredential), e.g. after a lost
+    /// export or for devices registered elsewhere. DeviceCredentialNotFound is the named outcome
+    /// `not_found`, not a failure.
+    #[command(after_help = EXIT_CODES)]
+    Fetch(RunArgs),
+    /// Rotate every device's secret (RefreshDeviceCredential), e.g. after a leak. Two calls per
+    /// device: the current secret is fetched first and kept until the new one is exported.
+    #[command(after_help = EXIT_CODES)]
+    Rotate(RunArgs),
+    /// Unregister every device's credential (UnRegisterDeviceCredential). Destructive: prints
+    /// what it would do and needs --yes (or a typed confirmation on a terminal). Clients already
+    /// connected stay connected until they disconnect.
+    #[command(after_help = EXIT_CODES)]
+    Revoke(RevokeArgs),
+    /// Device certificates: switch off, switch on, list.
+    #[command(subcommand)]
+    Cert(CertCommand),
+    /// CA registration: the instance's registration code and the verification certificate.
+    #[command(subcommand)]
+    Ca(CaCommand),
     /// Counts per state, errors by code, and the last run of a ledger.
     Status(StatusArgs),
     /// Write credentials (or failures) from the ledger as CSV or JSON, for flashing.
@@ -38,9 +58,52 @@ pub enum Command {
     Simulate(SimulateArgs),
 }
 
+#[derive(Debug, Subcommand)]
+pub enum CertCommand {
+    /// InactivateDeviceCertificate for rows of `device_sn, ca_sn`; FindDeviceBySnError is the
+    /// named outcome `not_found`. CaSn is checked (≤ 128 bytes) before any call.
+    #[command(after_help = EXIT_CODES)]
+    Inactivate(RunArgs),
+    /// ActiveDeviceCertificate for rows of `device_sn, ca_sn`.
+    #[command(after_help = EXIT_CODES)]
+    Activate(RunArgs),
+    /// Every device certificate of the instance (ListDeviceCertificate, page by page) as CSV.
+    List(ListArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Print the instance's CA registration code (GetRegisterCode).
+    RegisterCode(SingleCallArgs),
+    /// Fetch the registration code and write the verification certificate the console asks for:
+    /// subject CN = the code, signed by the CA's key.
+    VerificationCert(VerificationCertArgs),
+}
+
 #[derive(Debug, Args)]
 pub struct RegisterArgs {
-    /// CSV files with a `client_id` column (or `device_id` with --group-id).
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Call GetDeviceCredential before the first Register of each device, for migrations where
+    /// devices may already hold a credential. Costs one extra call per device.
+    #[arg(long)]
+    pub check_existing: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RevokeArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Do it without asking.
+    #[arg(long)]
+    pub yes: bool,
+}
+
+/// What every bulk command takes: input, ledger, endpoint, pace, output.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// CSV files: a `client_id` column (or `device_id` with --group-id); `device_sn` and `ca_sn`
+    /// columns for the certificate commands.
     #[arg(required = true, value_name = "CSV")]
     pub files: Vec<PathBuf>,
     /// The ApsaraMQ for MQTT instance (required unless --simulate).
@@ -50,10 +113,6 @@ pub struct RegisterArgs {
     pub input: InputArgs,
     #[command(flatten)]
     pub ledger: LedgerArgs,
-    /// Call GetDeviceCredential before the first Register of each device, for migrations where
-    /// devices may already hold a credential. Costs one extra call per device.
-    #[arg(long)]
-    pub check_existing: bool,
     /// Ingest and validate, print the plan (counts, pace, estimated duration), send nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -66,6 +125,43 @@ pub struct RegisterArgs {
     pub pace: PaceArgs,
     #[command(flatten)]
     pub output: OutputArgs,
+}
+
+/// One call (or a few pages) against the API, no ledger.
+#[derive(Debug, Args)]
+pub struct SingleCallArgs {
+    /// The ApsaraMQ for MQTT instance (required unless --simulate).
+    #[arg(long, value_name = "ID")]
+    pub instance_id: Option<String>,
+    /// Against the built-in simulator.
+    #[arg(long)]
+    pub simulate: bool,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub call: SingleCallArgs,
+    /// Output file (created 0600), or `-` for standard output.
+    #[arg(long, default_value = "-")]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct VerificationCertArgs {
+    #[command(flatten)]
+    pub call: SingleCallArgs,
+    /// The CA certificate (PEM).
+    #[arg(long, value_name = "CA.pem")]
+    pub ca_cert: PathBuf,
+    /// The CA's private key (PEM, PKCS#8).
+    #[arg(long, value_name = "CA.key")]
+    pub ca_key: PathBuf,
+    /// Where to write the verification certificate (PEM).
+    #[arg(long, default_value = "verification.pem")]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -169,8 +265,8 @@ pub struct ExportArgs {
     pub ledger: LedgerArgs,
     #[arg(long, value_enum, default_value_t = ExportFormat::Csv)]
     pub format: ExportFormat,
-    /// States to export, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "registered,existing")]
+    /// States to export, comma-separated (default: the operation's success states).
+    #[arg(long, value_delimiter = ',')]
     pub state: Vec<String>,
     /// Output file (created 0600), or `-` for standard output.
     #[arg(long, default_value = "-")]
@@ -178,6 +274,10 @@ pub struct ExportArgs {
     /// Write the failures instead: file, line, client_id, state, code, message, request_id.
     #[arg(long)]
     pub failures: bool,
+    /// Which operation's rows: register, fetch, rotate (credentials), or any operation with
+    /// --failures. Exporting rotated rows drops the previous secrets the ledger kept.
+    #[arg(long, default_value = "register")]
+    pub operation: String,
 }
 
 #[derive(Debug, Args)]

@@ -17,6 +17,8 @@ pub struct InputSpec {
     pub column: Option<String>,
     /// Compose `<group>@@@<value>` from a device-id column.
     pub group_id: Option<String>,
+    /// Device certificates: rows of `device_sn, ca_sn` instead of ClientIds.
+    pub certificates: bool,
     /// One-column file without a header row.
     pub no_header: bool,
 }
@@ -53,7 +55,8 @@ pub fn file_sha256(path: &Path) -> std::io::Result<String> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Row {
     Valid {
-        client_id: ClientId,
+        /// The ClientId, or `<DeviceSn>\t<CaSn>` for a device certificate.
+        target: String,
         file: Arc<str>,
         line: u64,
     },
@@ -105,6 +108,8 @@ pub struct CsvRows {
     column: usize,
     column_name: String,
     group_id: Option<String>,
+    /// The `ca_sn` column, for device certificates.
+    ca_column: Option<usize>,
     record: csv::ByteRecord,
     rows: u64,
     done: bool,
@@ -132,7 +137,9 @@ impl CsvRows {
             .has_headers(!spec.no_header)
             .flexible(true)
             .from_reader(file);
-        let default_column = if spec.group_id.is_some() {
+        let default_column = if spec.certificates {
+            "device_sn"
+        } else if spec.group_id.is_some() {
             "device_id"
         } else {
             "client_id"
@@ -141,8 +148,8 @@ impl CsvRows {
             .column
             .clone()
             .unwrap_or_else(|| default_column.to_owned());
-        let column = if spec.no_header {
-            0
+        let names: Option<Vec<String>> = if spec.no_header {
+            None
         } else {
             let headers = reader
                 .byte_headers()
@@ -154,7 +161,7 @@ impl CsvRows {
                     column: column_name,
                 });
             }
-            let names: Vec<String> = headers
+            let names = headers
                 .iter()
                 .map(|h| std::str::from_utf8(h).map(|s| s.trim().to_owned()))
                 .collect::<Result<_, _>>()
@@ -162,28 +169,40 @@ impl CsvRows {
                     file: shown.clone(),
                     line: 1,
                 })?;
-            match names.iter().position(|n| *n == column_name) {
-                Some(i) => i,
-                None => {
-                    let hint = if names.iter().any(|n| n == "device_id") && spec.group_id.is_none()
-                    {
-                        ", or compose ClientIds from 'device_id' with --group-id GID_xxx".to_owned()
-                    } else {
-                        String::new()
-                    };
-                    let found = names
-                        .iter()
-                        .map(|n| format!("'{}'", truncate(n)))
-                        .collect::<Vec<_>>()
-                        .join(", ");
-                    return Err(InputError::MissingColumn {
-                        file: shown,
-                        column: column_name,
-                        found,
-                        hint,
-                    });
-                }
+            Some(names)
+        };
+        let find = |wanted: &str, position_without_header: usize| -> Result<usize, InputError> {
+            let Some(names) = &names else {
+                return Ok(position_without_header);
+            };
+            if let Some(i) = names.iter().position(|n| n == wanted) {
+                return Ok(i);
             }
+            let hint = if names.iter().any(|n| n == "device_id")
+                && spec.group_id.is_none()
+                && !spec.certificates
+            {
+                ", or compose ClientIds from 'device_id' with --group-id GID_xxx".to_owned()
+            } else {
+                String::new()
+            };
+            let found = names
+                .iter()
+                .map(|n| format!("'{}'", truncate(n)))
+                .collect::<Vec<_>>()
+                .join(", ");
+            Err(InputError::MissingColumn {
+                file: shown.clone(),
+                column: wanted.to_owned(),
+                found,
+                hint,
+            })
+        };
+        let column = find(&column_name, 0)?;
+        let ca_column = if spec.certificates {
+            Some(find("ca_sn", 1)?)
+        } else {
+            None
         };
         Ok(CsvRows {
             reader,
@@ -191,6 +210,7 @@ impl CsvRows {
             column,
             column_name,
             group_id: spec.group_id.clone(),
+            ca_column,
             record: csv::ByteRecord::new(),
             rows: 0,
             done: false,
@@ -221,8 +241,24 @@ impl CsvRows {
                 line,
             })?
             .trim();
+        if let Some(ca_column) = self.ca_column {
+            let ca = std::str::from_utf8(self.record.get(ca_column).unwrap_or_default())
+                .map_err(|_| InputError::NotUtf8 {
+                    file: self.file.to_string(),
+                    line,
+                })?
+                .trim();
+            return Ok(match certificate_target(value, ca) {
+                Ok(target) => Row::Valid {
+                    target,
+                    file: self.file.clone(),
+                    line,
+                },
+                Err(reason) => invalid(&format!("{value} / {ca}"), reason),
+            });
+        }
         let parsed = match &self.group_id {
-            Some(group) if value.is_empty() => {
+            Some(_) if value.is_empty() => {
                 return Ok(invalid(value, "device id is empty".into()));
             }
             Some(group) => ClientId::compose(group, value),
@@ -230,7 +266,7 @@ impl CsvRows {
         };
         Ok(match parsed {
             Ok(client_id) => Row::Valid {
-                client_id,
+                target: client_id.as_str().to_owned(),
                 file: self.file.clone(),
                 line,
             },
@@ -270,6 +306,34 @@ impl Iterator for CsvRows {
             }
         }
     }
+}
+
+/// The CaSn limit of the certificate APIs (shared/reference/onsmqtt-api.md §4).
+pub const MAX_CA_SN_BYTES: usize = 128;
+
+/// `<DeviceSn>\t<CaSn>`, checked before any call is spent.
+fn certificate_target(device_sn: &str, ca_sn: &str) -> Result<String, String> {
+    if device_sn.is_empty() {
+        return Err("device_sn is empty".into());
+    }
+    if ca_sn.is_empty() {
+        return Err("ca_sn is empty".into());
+    }
+    if ca_sn.len() > MAX_CA_SN_BYTES {
+        return Err(format!(
+            "ca_sn has {} bytes; at most {MAX_CA_SN_BYTES} are allowed",
+            ca_sn.len()
+        ));
+    }
+    if device_sn.chars().chain(ca_sn.chars()).any(char::is_control) {
+        return Err("device_sn and ca_sn must not contain control characters".into());
+    }
+    Ok(format!("{device_sn}\t{ca_sn}"))
+}
+
+/// Splits a certificate target back into (DeviceSn, CaSn).
+pub fn split_certificate_target(target: &str) -> (&str, &str) {
+    target.split_once('\t').unwrap_or((target, ""))
 }
 
 /// Whether the first line break in the first 64 KiB is CRLF. Reads through a duplicate handle
@@ -327,9 +391,7 @@ mod tests {
     fn valid_ids(rows: &[Row]) -> Vec<(String, u64)> {
         rows.iter()
             .filter_map(|r| match r {
-                Row::Valid {
-                    client_id, line, ..
-                } => Some((client_id.to_string(), *line)),
+                Row::Valid { target, line, .. } => Some((target.clone(), *line)),
                 _ => None,
             })
             .collect()
@@ -414,5 +476,39 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod certificate_tests {
+    use super::*;
+
+    #[test]
+    fn certificate_rows_need_both_columns_and_a_short_ca_sn() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.csv");
+        let long = "C".repeat(129);
+        std::fs::write(
+            &path,
+            format!("ca_sn,device_sn\nCA1,SN1\nCA1,\n{long},SN3\n"),
+        )
+        .unwrap();
+        let spec = InputSpec {
+            certificates: true,
+            ..Default::default()
+        };
+        let rows: Vec<Row> = CsvRows::open(&path, &spec)
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            matches!(&rows[0], Row::Valid { target, .. } if split_certificate_target(target) == ("SN1", "CA1"))
+        );
+        assert!(matches!(&rows[1], Row::Invalid { reason, .. } if reason == "device_sn is empty"));
+        assert!(matches!(&rows[2], Row::Invalid { reason, .. } if reason.contains("129 bytes")));
+        std::fs::write(&path, "device_sn\nSN1\n").unwrap();
+        assert!(
+            matches!(CsvRows::open(&path, &spec), Err(InputError::MissingColumn { column, .. }) if column == "ca_sn")
+        );
     }
 }

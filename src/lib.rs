@@ -7,6 +7,7 @@
 //! them and maps every error to a documented exit code.
 
 pub mod api;
+pub mod ca;
 pub mod cli;
 pub mod client_id;
 pub mod input;

@@ -29,7 +29,7 @@ pub struct Counters {
     /// Targets this run will work on.
     pub total: AtomicU64,
     /// Targets finished by this run, by state (index of [`ItemState::ALL`]).
-    pub finished: [AtomicU64; 7],
+    pub finished: [AtomicU64; 11],
     /// Calls sent (all APIs, throttled ones included).
     pub calls: AtomicU64,
     pub throttled: AtomicU64,

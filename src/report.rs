@@ -127,7 +127,14 @@ pub fn summary(
             } else if status.total() == 0 {
                 out.push_str("  nothing to do: no valid rows\n");
             } else {
-                out.push_str(&format!("  done: every valid device holds a credential; `mqtt-provision export --ledger {} --out credentials.csv`\n", ledger.path()));
+                out.push_str(&match status.operation.as_str() {
+                    "register" | "fetch" | "rotate" => format!(
+                        "  done: every valid target holds a credential; `mqtt-provision export --operation {} --ledger {} --out credentials.csv`\n",
+                        status.operation,
+                        ledger.path()
+                    ),
+                    op => format!("  done: {op} finished for every valid target\n"),
+                });
             }
         }
         Some(Halt::QuotaFull(e)) => out.push_str(&format!(
@@ -233,6 +240,7 @@ pub async fn export_credentials(
 ) -> anyhow::Result<u64> {
     let mut w = RowWriter::new(destination(out)?, json)?;
     let (mut cursor, mut n) = (0i64, 0u64);
+    let mut exported = Vec::new();
     loop {
         let page = ledger.export_page(operation, states, cursor, PAGE).await?;
         let Some(last) = page.last() else { break };
@@ -241,6 +249,7 @@ pub async fn export_credentials(
             let (Some(key_id), Some(secret)) = (&r.key_id, &r.secret) else {
                 continue;
             };
+            exported.push(r.id);
             w.write(&CredentialRow {
                 client_id: &r.target,
                 instance_id: ledger.instance_id(),
@@ -254,6 +263,8 @@ pub async fn export_credentials(
         }
     }
     w.finish()?;
+    // Only once the file is complete: a rotated row's previous secret is no longer needed.
+    ledger.mark_exported(operation, &exported).await?;
     Ok(n)
 }
 

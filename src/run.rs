@@ -59,6 +59,8 @@ pub struct RunContext {
     pub env: EnvReader,
     pub home: Option<PathBuf>,
     pub stderr_is_terminal: bool,
+    /// Whether a destructive command may ask for a typed confirmation.
+    pub stdin_is_terminal: bool,
     /// Cancelled on the first Ctrl-C / SIGTERM.
     pub interrupt: CancellationToken,
     /// The command line as typed, for "resume with" hints.
@@ -71,6 +73,7 @@ impl RunContext {
             env: Box::new(|k| std::env::var(k).ok()),
             home: std::env::var_os("HOME").map(PathBuf::from),
             stderr_is_terminal: std::io::stderr().is_terminal(),
+            stdin_is_terminal: std::io::stdin().is_terminal(),
             interrupt: CancellationToken::new(),
             command_line: std::env::args()
                 .map(|a| shell_quote(&a))
@@ -149,7 +152,31 @@ fn install_signal_handlers(interrupt: CancellationToken) {
 
 pub async fn execute(cli: Cli, context: &RunContext) -> Result<i32, Failure> {
     match cli.command {
-        Command::Register(args) => register(args, context).await,
+        Command::Register(args) => {
+            run_operation(
+                args.run,
+                Operation::Register {
+                    check_existing: args.check_existing,
+                },
+                None,
+                context,
+            )
+            .await
+        }
+        Command::Fetch(args) => run_operation(args, Operation::Fetch, None, context).await,
+        Command::Rotate(args) => run_operation(args, Operation::Rotate, None, context).await,
+        Command::Revoke(args) => {
+            run_operation(args.run, Operation::Revoke, Some(args.yes), context).await
+        }
+        Command::Cert(CertCommand::Inactivate(args)) => {
+            run_operation(args, Operation::CertInactivate, None, context).await
+        }
+        Command::Cert(CertCommand::Activate(args)) => {
+            run_operation(args, Operation::CertActivate, None, context).await
+        }
+        Command::Cert(CertCommand::List(args)) => cert_list(args, context).await,
+        Command::Ca(CaCommand::RegisterCode(args)) => register_code(args, context).await,
+        Command::Ca(CaCommand::VerificationCert(args)) => verification_cert(args, context).await,
         Command::Status(args) => status(args).await,
         Command::Export(args) => export(args).await,
         Command::Simulate(args) => simulate(args.config, context).await,
@@ -338,50 +365,103 @@ async fn files_to_ingest(
     Ok(fresh)
 }
 
-/// `register`'s ledger operation, known before the plan is built.
-fn operation_name_for_ingest(check_existing: bool) -> &'static str {
-    Operation::Register { check_existing }.name()
+/// The instance a command works on: `--instance-id`, or the simulator's under `--simulate`.
+fn instance_for(instance_id: &Option<String>, simulate: bool) -> Result<String, Failure> {
+    match (instance_id, simulate) {
+        (Some(id), _) if id.trim().is_empty() => {
+            Err(usage(anyhow!("--instance-id must not be empty")))
+        }
+        (Some(id), _) => Ok(id.clone()),
+        (None, true) => Ok(sim::DEFAULT_INSTANCE_ID.to_owned()),
+        (None, false) => Err(usage(anyhow!(
+            "--instance-id is required (or --simulate to rehearse against the built-in simulator)"
+        ))),
+    }
 }
 
-async fn register(args: RegisterArgs, context: &RunContext) -> Result<i32, Failure> {
+/// Endpoint and key: the cloud's, or an in-process simulator's (returned so it lives as long
+/// as the command).
+async fn access_for(
+    simulate: bool,
+    instance_id: &str,
+    api: &ApiArgs,
+    context: &RunContext,
+) -> Result<(Option<sim::SimHandle>, Endpoint, AccessKey), Failure> {
+    if !simulate {
+        let (endpoint, key) = cloud_access(api, context)?;
+        return Ok((None, endpoint, key));
+    }
+    let config = SimConfig {
+        instances: vec![instance_id.to_owned()],
+        latency: Latency::LogNormal {
+            median: Duration::from_millis(80),
+            sigma: 0.5,
+        },
+        ..SimConfig::default()
+    };
+    let handle = sim::start(config)
+        .await
+        .map_err(|e| usage(anyhow!("cannot start the built-in simulator: {e}")))?;
+    println!(
+        "rehearsal: built-in simulator at {} (instance {instance_id}); no cloud account is used",
+        handle.endpoint()
+    );
+    let endpoint = Endpoint::parse(&handle.endpoint()).map_err(usage)?;
+    let key = handle.keys[0].clone();
+    Ok((Some(handle), endpoint, key))
+}
+
+/// Asks before a destructive run: `--yes`, or a typed "yes" on a terminal; otherwise refuses.
+fn confirm_destructive(what: &str, yes: bool, context: &RunContext) -> Result<(), Failure> {
+    println!("{what}");
+    if yes {
+        return Ok(());
+    }
+    if !context.stdin_is_terminal {
+        return Err(usage(anyhow!(
+            "refusing a destructive operation without confirmation: rerun with --yes"
+        )));
+    }
+    print!("Type 'yes' to continue: ");
+    std::io::Write::flush(&mut std::io::stdout()).map_err(|e| usage(anyhow!(e)))?;
+    let mut answer = String::new();
+    std::io::stdin()
+        .read_line(&mut answer)
+        .map_err(|e| usage(anyhow!(e)))?;
+    if answer.trim() == "yes" {
+        Ok(())
+    } else {
+        Err(usage(anyhow!("not confirmed: nothing was sent")))
+    }
+}
+
+/// Every bulk command: validate the input, ingest it into the ledger, then run `operation` over
+/// the ledger's pending targets. `destructive` is `Some(yes)` for commands that must confirm.
+async fn run_operation(
+    args: RunArgs,
+    operation: Operation,
+    destructive: Option<bool>,
+    context: &RunContext,
+) -> Result<i32, Failure> {
     let pace = pace_plan(&args.pace)?;
     let spec = InputSpec {
         column: args.input.column.clone(),
         group_id: args.input.group_id.clone(),
         no_header: args.input.no_header,
+        certificates: operation.targets_certificates(),
     };
     if let Some(group) = &spec.group_id {
         crate::client_id::ClientId::compose(group, "x")
             .map_err(|e| usage(anyhow!("--group-id '{group}': {e}")))?;
     }
-    let instance_id = match (&args.instance_id, args.simulate) {
-        (Some(id), _) if id.trim().is_empty() => {
-            return Err(usage(anyhow!("--instance-id must not be empty")));
-        }
-        (Some(id), _) => id.clone(),
-        (None, true) => sim::DEFAULT_INSTANCE_ID.to_owned(),
-        (None, false) => {
-            return Err(usage(anyhow!(
-                "--instance-id is required (or --simulate to rehearse against the built-in simulator)"
-            )));
-        }
-    };
-    if args.files.iter().any(|f| f.is_dir()) || args.files.iter().any(|f| !f.exists()) {
+    let instance_id = instance_for(&args.instance_id, args.simulate)?;
+    if args.files.iter().any(|f| f.is_dir() || !f.exists()) {
         // Name the file exactly as the reader does.
         validate_files(&args.files, &spec)?;
     }
-    let fresh = files_to_ingest(
-        &args.ledger.ledger,
-        operation_name_for_ingest(args.check_existing),
-        &args.files,
-        &spec,
-    )
-    .await?;
+    let fresh = files_to_ingest(&args.ledger.ledger, operation.name(), &args.files, &spec).await?;
     let fresh_files: Vec<PathBuf> = fresh.iter().map(|(f, _)| f.clone()).collect();
     validate_files(&fresh_files, &spec)?;
-    let operation = Operation::Register {
-        check_existing: args.check_existing,
-    };
     let progress_mode = if args.output.quiet {
         ProgressMode::Off
     } else if context.stderr_is_terminal {
@@ -394,35 +474,12 @@ async fn register(args: RegisterArgs, context: &RunContext) -> Result<i32, Failu
     };
 
     // Everything that can be refused is checked before the ledger is touched.
-    let mut simulator = None;
-    let access = if args.dry_run {
-        None
-    } else if args.simulate {
-        let config = SimConfig {
-            instances: vec![instance_id.clone()],
-            latency: Latency::LogNormal {
-                median: Duration::from_millis(80),
-                sigma: 0.5,
-            },
-            ..SimConfig::default()
-        };
-        let handle = sim::start(config)
-            .await
-            .map_err(|e| usage(anyhow!("cannot start the built-in simulator: {e}")))?;
-        println!(
-            "rehearsal: built-in simulator at {} (instance {instance_id}); no cloud account is used",
-            handle.endpoint()
-        );
-        let endpoint = Endpoint::parse(&handle.endpoint()).map_err(usage)?;
-        let key = handle.keys[0].clone();
-        simulator = Some(handle);
-        Some((endpoint, key))
+    let (simulator, clients) = if args.dry_run {
+        (None, Vec::new())
     } else {
-        Some(cloud_access(&args.api, context)?)
-    };
-    let clients = match &access {
-        Some((endpoint, key)) => clients(&args.api, endpoint, key)?,
-        None => Vec::new(),
+        let (simulator, endpoint, key) =
+            access_for(args.simulate, &instance_id, &args.api, context).await?;
+        (simulator, clients(&args.api, &endpoint, &key)?)
     };
 
     let ledger = Arc::new(
@@ -440,14 +497,14 @@ async fn register(args: RegisterArgs, context: &RunContext) -> Result<i32, Failu
         println!("{unchanged} file(s) already ingested unchanged: not read again");
     }
     println!(
-        "ingested {} rows from {} file(s): {} new devices, {} already in the ledger or repeated, {} invalid{}",
+        "ingested {} rows from {} file(s): {} new targets, {} already in the ledger or repeated, {} invalid{}",
         counts.rows,
         fresh.len(),
         counts.new_targets,
         counts.duplicates,
         counts.invalid,
         if retried > 0 {
-            format!("; {retried} failed devices will be retried")
+            format!("; {retried} failed targets will be retried")
         } else {
             String::new()
         }
@@ -461,23 +518,40 @@ async fn register(args: RegisterArgs, context: &RunContext) -> Result<i32, Failu
         let rate = pace.target_rate(sources);
         println!("dry run: nothing sent");
         print!("{}", before.render());
+        let extra = match operation {
+            Operation::Register {
+                check_existing: true,
+            } => ", plus one GetDeviceCredential per device (--check-existing)",
+            Operation::Rotate => ", two calls per device (Get, then Refresh)",
+            _ => "",
+        };
         println!(
-            "  plan: {pending} devices to register at {rate:.0} calls/s ({} source address(es); ≤ {:.0}/s per API per account, ≤ {:.0}/s per address), about {:.0} s{}",
-            sources,
+            "  plan: {pending} targets to {} at {rate:.0} calls/s ({sources} source address(es); ≤ {:.0}/s per API per account, ≤ {:.0}/s per address), about {:.0} s{extra}",
+            operation.name(),
             pace.account_ceiling(),
             pace.ip_ceiling(),
             pending as f64 / rate,
-            if args.check_existing {
-                ", plus one GetDeviceCredential per device (--check-existing)"
-            } else {
-                ""
-            }
         );
         return Ok(if before.count(crate::ledger::ItemState::Invalid) > 0 {
             1
         } else {
             0
         });
+    }
+    if let Some(yes) = destructive
+        && pending > 0
+    {
+        let what = format!(
+            "{} will call {} for {pending} target(s) on instance {instance_id}. This cannot be undone; clients already connected stay connected until they disconnect.",
+            operation.name(),
+            operation.first_action(&crate::ledger::WorkItem {
+                id: 0,
+                target: String::new(),
+                attempts: 0,
+                maybe_applied: false
+            })
+        );
+        confirm_destructive(&what, yes, context)?;
     }
 
     let plan = RunPlan {
@@ -529,6 +603,150 @@ async fn register(args: RegisterArgs, context: &RunContext) -> Result<i32, Failu
         sim.stop().await;
     }
     Ok(code)
+}
+
+/// One client for the single-call commands (`ca`, `cert list`), with a simulator if asked.
+async fn single_client(
+    call: &SingleCallArgs,
+    context: &RunContext,
+) -> Result<(Option<sim::SimHandle>, OnsMqttClient, String), Failure> {
+    let instance_id = instance_for(&call.instance_id, call.simulate)?;
+    let (simulator, endpoint, key) =
+        access_for(call.simulate, &instance_id, &call.api, context).await?;
+    let client = clients(&call.api, &endpoint, &key)?.remove(0);
+    Ok((simulator, client, instance_id))
+}
+
+/// A single call with the pipeline's patience: throttling and transient errors are retried with
+/// backoff; anything else is the command's error (exit 3).
+async fn with_retries<T, F, Fut>(what: &str, mut call: F) -> Result<T, Failure>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, crate::api::ApiError>>,
+{
+    let mut attempt = 0u32;
+    loop {
+        match call().await {
+            Ok(v) => return Ok(v),
+            Err(e)
+                if attempt < 6
+                    && matches!(
+                        e.class,
+                        crate::api::ErrorClass::Throttled { .. }
+                            | crate::api::ErrorClass::Transient
+                    ) =>
+            {
+                attempt += 1;
+                let wait = match e.class {
+                    crate::api::ErrorClass::Throttled {
+                        retry_after_ms: Some(ms),
+                    } => Duration::from_millis(ms),
+                    _ => Duration::from_millis(200 << attempt.min(6)),
+                };
+                tracing::warn!("{what}: {e}; retrying in {wait:?}");
+                tokio::time::sleep(wait).await;
+            }
+            Err(e) => return Err(halted(anyhow!("{what}: {e}"))),
+        }
+    }
+}
+
+async fn register_code(call: SingleCallArgs, context: &RunContext) -> Result<i32, Failure> {
+    let (simulator, client, instance_id) = single_client(&call, context).await?;
+    let code = with_retries("GetRegisterCode", || client.get_register_code(&instance_id)).await?;
+    println!("{}", code.register_code);
+    if let Some(sim) = simulator {
+        sim.stop().await;
+    }
+    Ok(0)
+}
+
+async fn verification_cert(
+    args: VerificationCertArgs,
+    context: &RunContext,
+) -> Result<i32, Failure> {
+    let read = |p: &PathBuf| {
+        std::fs::read_to_string(p).map_err(|e| usage(anyhow!("{}: {e}", p.display())))
+    };
+    let (ca_cert, ca_key) = (read(&args.ca_cert)?, read(&args.ca_key)?);
+    // Check the CA files before spending a call.
+    crate::ca::check_ca(&ca_cert, &ca_key).map_err(|e| usage(anyhow!("{e}")))?;
+    let (simulator, client, instance_id) = single_client(&args.call, context).await?;
+    let code = with_retries("GetRegisterCode", || client.get_register_code(&instance_id))
+        .await?
+        .register_code;
+    let pem = crate::ca::verification_certificate(&ca_cert, &ca_key, &code)
+        .map_err(|e| usage(anyhow!("{e}")))?;
+    std::fs::write(&args.out, pem)
+        .map_err(|e| halted(anyhow!("writing {}: {e}", args.out.display())))?;
+    println!(
+        "wrote {} (CN = registration code {code}); upload it with the CA certificate in the console",
+        args.out.display()
+    );
+    if let Some(sim) = simulator {
+        sim.stop().await;
+    }
+    Ok(0)
+}
+
+async fn cert_list(args: ListArgs, context: &RunContext) -> Result<i32, Failure> {
+    let (simulator, client, instance_id) = single_client(&args.call, context).await?;
+    let out: Box<dyn std::io::Write> = if args.out.as_os_str() == "-" {
+        Box::new(std::io::stdout().lock())
+    } else {
+        let f = crate::ledger::create_private(&args.out)
+            .and_then(|f| f.set_len(0).map(|_| f))
+            .map_err(|e| halted(anyhow!("{}: {e}", args.out.display())))?;
+        Box::new(f)
+    };
+    let mut w = csv::Writer::from_writer(out);
+    let io = |e: csv::Error| halted(anyhow!("writing {}: {e}", args.out.display()));
+    w.write_record([
+        "device_sn",
+        "ca_sn",
+        "device_name",
+        "status",
+        "valid_begin",
+        "valid_end",
+    ])
+    .map_err(io)?;
+    let (mut page, mut written) = (1u32, 0i64);
+    loop {
+        let data = with_retries("ListDeviceCertificate", || {
+            client.list_device_certificate(&instance_id, page, 100)
+        })
+        .await?
+        .data;
+        for c in &data.device_certificate_vos {
+            let status = if c.status == "1" {
+                "active"
+            } else {
+                "inactive"
+            };
+            w.write_record([
+                &c.device_sn,
+                &c.ca_sn,
+                &c.device_name,
+                status,
+                &c.valid_begin,
+                &c.valid_end,
+            ])
+            .map_err(io)?;
+            written += 1;
+        }
+        if data.device_certificate_vos.is_empty() || written >= data.total {
+            break;
+        }
+        page += 1;
+    }
+    w.flush().map_err(|e| halted(anyhow!(e)))?;
+    if args.out.as_os_str() != "-" {
+        eprintln!("wrote {written} certificates to {}", args.out.display());
+    }
+    if let Some(sim) = simulator {
+        sim.stop().await;
+    }
+    Ok(0)
 }
 
 async fn status(args: StatusArgs) -> Result<i32, Failure> {
@@ -590,17 +808,43 @@ async fn export(args: ExportArgs) -> Result<i32, Failure> {
         .await
         .map_err(ledger_failure)?;
     let json = args.format == ExportFormat::Json;
-    let operation = "register";
+    let operation = Operation::from_name(&args.operation).ok_or_else(|| {
+        usage(anyhow!("--operation '{}': one of register, fetch, rotate, revoke, cert-inactivate, cert-activate", args.operation))
+    })?;
     let n = if args.failures {
-        report::export_failures(&ledger, operation, &args.out, json).await
+        report::export_failures(&ledger, operation.name(), &args.out, json).await
     } else {
-        let states: Vec<&str> = args.state.iter().map(|s| s.trim()).collect();
+        if !matches!(
+            operation,
+            Operation::Register { .. } | Operation::Fetch | Operation::Rotate
+        ) {
+            return Err(usage(anyhow!(
+                "{} leaves no credentials to export; use --failures",
+                operation.name()
+            )));
+        }
+        let states: Vec<&str> = if args.state.is_empty() {
+            operation
+                .success_states()
+                .iter()
+                .map(|s| s.as_str())
+                .collect()
+        } else {
+            args.state.iter().map(|s| s.trim()).collect()
+        };
         for s in &states {
             if crate::ledger::ItemState::parse(s).is_none() {
-                return Err(usage(anyhow!("--state '{s}': states are pending, registered, existing, fetched, not_found, invalid, failed")));
+                let all: Vec<&str> = crate::ledger::ItemState::ALL
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect();
+                return Err(usage(anyhow!(
+                    "--state '{s}': states are {}",
+                    all.join(", ")
+                )));
             }
         }
-        report::export_credentials(&ledger, operation, &states, &args.out, json).await
+        report::export_credentials(&ledger, operation.name(), &states, &args.out, json).await
     }
     .with_context(|| format!("writing {}", args.out.display()))
     .map_err(halted)?;

@@ -14,7 +14,7 @@ proptest! {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f.csv");
         std::fs::write(&path, &bytes).unwrap();
-        let spec = InputSpec { column: None, group_id: group.then(|| "GID_fuzz".to_owned()), no_header };
+        let spec = InputSpec { column: None, group_id: group.then(|| "GID_fuzz".to_owned()), no_header, certificates: false };
         if let Ok(rows) = CsvRows::open(&path, &spec) {
             for row in rows.take(10_000) {
                 let _ = row;

@@ -78,6 +78,8 @@ pub struct OutcomeRecord {
     pub message: Option<String>,
     pub request_id: Option<String>,
     pub credential: Option<(String, Secret)>,
+    /// `rotate`: the secret the new one replaced.
+    pub previous_secret: Option<Secret>,
 }
 
 /// What an ingest added.
@@ -102,6 +104,7 @@ pub struct ExportRow {
     pub code: Option<String>,
     pub message: Option<String>,
     pub request_id: Option<String>,
+    pub previous_secret: Option<Secret>,
 }
 
 /// Errors of one code: how many, and one example.
@@ -251,11 +254,7 @@ impl Ledger {
         let valid: Vec<(&str, &str, u64)> = rows
             .iter()
             .filter_map(|r| match r {
-                Row::Valid {
-                    client_id,
-                    file,
-                    line,
-                } => Some((client_id.as_str(), &**file, *line)),
+                Row::Valid { target, file, line } => Some((target.as_str(), &**file, *line)),
                 Row::Invalid { .. } => None,
             })
             .collect();
@@ -416,7 +415,7 @@ impl Ledger {
         let mut tx = self.pool.begin().await.map_err(|e| self.db(e))?;
         for chunk in outcomes.chunks(BATCH) {
             let mut q = QueryBuilder::<Sqlite>::new(
-                "WITH v(target, state, attempts_added, maybe_applied, code, message, request_id, key_id, key_secret) AS (",
+                "WITH v(target, state, attempts_added, maybe_applied, code, message, request_id, key_id, key_secret, previous_secret) AS (",
             );
             q.push_values(chunk, |mut b, o| {
                 b.push_bind(o.target.as_str())
@@ -427,7 +426,8 @@ impl Ledger {
                     .push_bind(o.message.as_deref())
                     .push_bind(o.request_id.as_deref())
                     .push_bind(o.credential.as_ref().map(|c| c.0.as_str()))
-                    .push_bind(o.credential.as_ref().map(|c| c.1.expose()));
+                    .push_bind(o.credential.as_ref().map(|c| c.1.expose()))
+                    .push_bind(o.previous_secret.as_ref().map(Secret::expose));
             });
             q.push(
                 ") UPDATE items SET state = v.state, attempts = items.attempts + v.attempts_added, \
@@ -436,7 +436,8 @@ impl Ledger {
                  last_message = CASE WHEN v.code IS NULL AND v.state = 'pending' THEN items.last_message ELSE v.message END, \
                  last_request_id = COALESCE(v.request_id, items.last_request_id), \
                  device_access_key_id = COALESCE(v.key_id, items.device_access_key_id), \
-                 device_access_key_secret = COALESCE(v.key_secret, items.device_access_key_secret), updated_at = ",
+                 device_access_key_secret = COALESCE(v.key_secret, items.device_access_key_secret), \
+                 previous_secret = COALESCE(v.previous_secret, items.previous_secret), updated_at = ",
             );
             q.push_bind(now);
             q.push(" FROM v WHERE items.operation = ");
@@ -526,7 +527,7 @@ impl Ledger {
         limit: i64,
     ) -> Result<Vec<ExportRow>, LedgerError> {
         let mut q = QueryBuilder::<Sqlite>::new(
-            "SELECT id, target, state, device_access_key_id, device_access_key_secret, source_file, source_line, last_code, last_message, last_request_id FROM items WHERE operation = ",
+            "SELECT id, target, state, device_access_key_id, device_access_key_secret, source_file, source_line, last_code, last_message, last_request_id, previous_secret FROM items WHERE operation = ",
         );
         q.push_bind(operation);
         q.push(" AND id > ");
@@ -556,6 +557,7 @@ impl Ledger {
                 code: r.get(7),
                 message: r.get(8),
                 request_id: r.get(9),
+                previous_secret: r.get::<Option<String>, _>(10).map(Secret::new),
             })
             .collect())
     }
@@ -578,6 +580,29 @@ impl Ledger {
             .iter()
             .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
             .collect())
+    }
+
+    /// Marks rows as exported; a rotated row's previous secret is dropped then, no longer needed.
+    pub async fn mark_exported(&self, operation: &str, ids: &[i64]) -> Result<(), LedgerError> {
+        for chunk in ids.chunks(BATCH) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "UPDATE items SET previous_secret = NULL, exported_at = ",
+            );
+            q.push_bind(now_ms());
+            q.push(" WHERE operation = ");
+            q.push_bind(operation);
+            q.push(" AND id IN (");
+            let mut sep = q.separated(", ");
+            for id in chunk {
+                sep.push_bind(*id);
+            }
+            q.push(")");
+            q.build()
+                .execute(&self.pool)
+                .await
+                .map_err(|e| self.db(e))?;
+        }
+        Ok(())
     }
 
     pub async fn begin_run(&self, operation: &str, command: &str) -> Result<i64, LedgerError> {

@@ -13,6 +13,14 @@ pub enum ItemState {
     Existing,
     /// Fetched by `fetch`.
     Fetched,
+    /// Its secret was rotated by `rotate` (RefreshDeviceCredential).
+    Rotated,
+    /// Its credential was unregistered by `revoke`.
+    Revoked,
+    /// Its device certificate was switched off (`cert inactivate`).
+    Inactivated,
+    /// Its device certificate was switched on (`cert activate`).
+    Activated,
     /// The service does not know it (`fetch`: DeviceCredentialNotFound; certificates: FindDeviceBySnError).
     NotFound,
     /// Its input or its parameters were refused.
@@ -22,11 +30,15 @@ pub enum ItemState {
 }
 
 impl ItemState {
-    pub const ALL: [ItemState; 7] = [
+    pub const ALL: [ItemState; 11] = [
         ItemState::Pending,
         ItemState::Registered,
         ItemState::Existing,
         ItemState::Fetched,
+        ItemState::Rotated,
+        ItemState::Revoked,
+        ItemState::Inactivated,
+        ItemState::Activated,
         ItemState::NotFound,
         ItemState::Invalid,
         ItemState::Failed,
@@ -38,10 +50,23 @@ impl ItemState {
             ItemState::Registered => "registered",
             ItemState::Existing => "existing",
             ItemState::Fetched => "fetched",
+            ItemState::Rotated => "rotated",
+            ItemState::Revoked => "revoked",
+            ItemState::Inactivated => "inactivated",
+            ItemState::Activated => "activated",
             ItemState::NotFound => "not_found",
             ItemState::Invalid => "invalid",
             ItemState::Failed => "failed",
         }
+    }
+
+    /// The operation reached its goal for this target (`not_found` is a named outcome, not a
+    /// success, and not a failure of the run either).
+    pub fn is_success(self) -> bool {
+        !matches!(
+            self,
+            ItemState::Pending | ItemState::NotFound | ItemState::Invalid | ItemState::Failed
+        )
     }
 
     pub fn parse(s: &str) -> Option<ItemState> {

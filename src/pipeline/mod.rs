@@ -356,6 +356,7 @@ pub async fn run(
             message: None,
             request_id: None,
             credential: None,
+            previous_secret: None,
         };
         let _ = out_tx.send(record).await;
     }

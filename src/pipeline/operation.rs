@@ -1,11 +1,17 @@
-//! Operations: what one target needs done, call by call. The pipeline is generic over them; an
-//! operation provides its ledger name, the first action it sends for a target (so the dispatcher
-//! can pace it), whether its calls change anything (so claims are recorded before sending), and
-//! `execute`, which turns one target into one [`OutcomeRecord`] using paced calls.
+//! Operations: what one target needs done, call by call. The pipeline is generic over them.
+//!
+//! An operation provides: its ledger name; whether its calls change something that a repeat
+//! could make worse (then the claim records `maybe_applied` before sending, and a resumed target
+//! is reconciled first); the first action it sends for a target (so the dispatcher can pace it);
+//! and `execute`, which turns one target into one [`OutcomeRecord`] with paced calls. Retries,
+//! throttling, halts and the ledger are the pipeline's; an operation only decides what its
+//! answers mean.
 
-use crate::api::actions::{Action, DeviceCredentialResponse};
+use crate::api::actions::{Action, DeviceCredentialResponse, DeviceSnResponse, EmptyResponse};
 use crate::api::{ApiError, DeviceCredential, ErrorClass};
+use crate::input::split_certificate_target;
 use crate::ledger::{ItemState, OutcomeRecord, WorkItem};
+use crate::secret::Secret;
 
 use super::{CallError, Worker};
 
@@ -16,19 +22,68 @@ pub enum Operation {
         /// GetDeviceCredential before the first Register (devices may already be live).
         check_existing: bool,
     },
+    /// GetDeviceCredential: credentials of devices registered elsewhere, or a lost export.
+    Fetch,
+    /// GetDeviceCredential (the secret being replaced), then RefreshDeviceCredential.
+    Rotate,
+    /// UnRegisterDeviceCredential.
+    Revoke,
+    /// InactivateDeviceCertificate.
+    CertInactivate,
+    /// ActiveDeviceCertificate.
+    CertActivate,
 }
 
 impl Operation {
     pub fn name(self) -> &'static str {
         match self {
             Operation::Register { .. } => "register",
+            Operation::Fetch => "fetch",
+            Operation::Rotate => "rotate",
+            Operation::Revoke => "revoke",
+            Operation::CertInactivate => "cert-inactivate",
+            Operation::CertActivate => "cert-activate",
         }
     }
 
-    /// Whether a call of this operation may change the service's state.
+    /// The operation a ledger name stands for (`register` without `--check-existing`).
+    pub fn from_name(name: &str) -> Option<Operation> {
+        [
+            Operation::Register {
+                check_existing: false,
+            },
+            Operation::Fetch,
+            Operation::Rotate,
+            Operation::Revoke,
+            Operation::CertInactivate,
+            Operation::CertActivate,
+        ]
+        .into_iter()
+        .find(|o| o.name() == name)
+    }
+
+    /// Targets are device certificates (`device_sn, ca_sn`) rather than ClientIds.
+    pub fn targets_certificates(self) -> bool {
+        matches!(self, Operation::CertInactivate | Operation::CertActivate)
+    }
+
+    /// Whether a repeated call could do harm, so a possibly-sent call must be reconciled before
+    /// it is sent again. Register could issue a second credential; Revoke is reconciled by its
+    /// own not-found answer. Fetch reads; Rotate twice only rotates twice (the last secret is
+    /// the one stored); certificate status changes are idempotent.
     pub fn marks_effect(self) -> bool {
+        matches!(self, Operation::Register { .. } | Operation::Revoke)
+    }
+
+    /// The states a successful target ends in, which `export` writes by default.
+    pub fn success_states(self) -> &'static [ItemState] {
         match self {
-            Operation::Register { .. } => true,
+            Operation::Register { .. } => &[ItemState::Registered, ItemState::Existing],
+            Operation::Fetch => &[ItemState::Fetched],
+            Operation::Rotate => &[ItemState::Rotated],
+            Operation::Revoke => &[ItemState::Revoked],
+            Operation::CertInactivate => &[ItemState::Inactivated],
+            Operation::CertActivate => &[ItemState::Activated],
         }
     }
 
@@ -38,6 +93,10 @@ impl Operation {
                 Action::GetDeviceCredential
             }
             Operation::Register { .. } => Action::RegisterDeviceCredential,
+            Operation::Fetch | Operation::Rotate => Action::GetDeviceCredential,
+            Operation::Revoke => Action::UnRegisterDeviceCredential,
+            Operation::CertInactivate => Action::InactivateDeviceCertificate,
+            Operation::CertActivate => Action::ActiveDeviceCertificate,
         }
     }
 
@@ -51,6 +110,12 @@ impl Operation {
             Operation::Register { check_existing } => {
                 register(worker, item, grant, check_existing).await
             }
+            Operation::Fetch => fetch(worker, item, grant).await,
+            Operation::Rotate => rotate(worker, item, grant).await,
+            Operation::Revoke => revoke(worker, item, grant).await,
+            Operation::CertInactivate | Operation::CertActivate => {
+                certificate(self, worker, item, grant).await
+            }
         }
     }
 }
@@ -63,6 +128,7 @@ pub(crate) struct Attempt {
     pub maybe_applied: bool,
     pub grant: Option<usize>,
     pub last_error: Option<ApiError>,
+    pub previous_secret: Option<Secret>,
 }
 
 impl Attempt {
@@ -74,6 +140,7 @@ impl Attempt {
             maybe_applied: item.maybe_applied,
             grant,
             last_error: None,
+            previous_secret: None,
         }
     }
 
@@ -82,10 +149,7 @@ impl Attempt {
         state: ItemState,
         credential: Option<&DeviceCredential>,
     ) -> OutcomeRecord {
-        let error = if state == ItemState::Registered
-            || state == ItemState::Existing
-            || state == ItemState::Fetched
-        {
+        let error = if state.is_success() {
             None
         } else {
             self.last_error.as_ref()
@@ -104,13 +168,14 @@ impl Attempt {
                     c.device_access_key_secret.clone(),
                 )
             }),
+            previous_secret: self.previous_secret.clone(),
         }
     }
 }
 
 /// What to do after an error that is not the operation's own business.
 enum Next {
-    /// Try again after a backoff (already slept).
+    /// Try again (the backoff has been slept).
     Retry,
     /// Finish the target in this state.
     Finish(ItemState),
@@ -131,9 +196,8 @@ async fn common_error(worker: &Worker, a: &mut Attempt, e: CallError) -> Next {
             Next::Finish(ItemState::Pending)
         }
         ErrorClass::InvalidInput => Next::Finish(ItemState::Invalid),
-        ErrorClass::ItemFailure | ErrorClass::NotFound | ErrorClass::AlreadyExists => {
-            Next::Finish(ItemState::Failed)
-        }
+        ErrorClass::NotFound => Next::Finish(ItemState::NotFound),
+        ErrorClass::ItemFailure | ErrorClass::AlreadyExists => Next::Finish(ItemState::Failed),
         _ => {
             a.failures += 1;
             if a.failures >= worker.max_attempts() {
@@ -148,6 +212,28 @@ async fn common_error(worker: &Worker, a: &mut Attempt, e: CallError) -> Next {
     }
 }
 
+/// `ClientId` and `InstanceId`, the parameters of every credential action.
+fn credential_params<'a>(worker: &'a Worker, client_id: &'a str) -> [(&'static str, &'a str); 2] {
+    [
+        ("ClientId", client_id),
+        ("InstanceId", worker.instance_id()),
+    ]
+}
+
+async fn get_credential(
+    worker: &Worker,
+    a: &mut Attempt,
+    target: &str,
+) -> Result<DeviceCredentialResponse, CallError> {
+    worker
+        .call(
+            a,
+            Action::GetDeviceCredential,
+            &credential_params(worker, target),
+        )
+        .await
+}
+
 async fn register(
     worker: &Worker,
     item: WorkItem,
@@ -160,14 +246,7 @@ async fn register(
     let mut ours = item.maybe_applied;
     loop {
         if reconcile {
-            match worker
-                .call::<DeviceCredentialResponse>(
-                    &mut a,
-                    Action::GetDeviceCredential,
-                    &credential_params(worker, &item.target),
-                )
-                .await
-            {
+            match get_credential(worker, &mut a, &item.target).await {
                 Ok(found) => {
                     a.maybe_applied = false;
                     let state = if ours {
@@ -193,14 +272,14 @@ async fn register(
             return a.outcome(ItemState::Pending, None);
         }
         a.maybe_applied = true;
-        match worker
+        let sent = worker
             .call::<DeviceCredentialResponse>(
                 &mut a,
                 Action::RegisterDeviceCredential,
                 &credential_params(worker, &item.target),
             )
-            .await
-        {
+            .await;
+        match sent {
             Ok(created) => {
                 a.maybe_applied = false;
                 return a.outcome(ItemState::Registered, Some(&created.device_credential));
@@ -222,19 +301,123 @@ async fn register(
             Err(e) => {
                 // Not sent, throttled away, or refused: nothing was created.
                 a.maybe_applied = ours;
-                match common_error(worker, &mut a, e).await {
-                    Next::Retry => {}
-                    Next::Finish(state) => return a.outcome(state, None),
+                if let Next::Finish(state) = common_error(worker, &mut a, e).await {
+                    return a.outcome(state, None);
                 }
             }
         }
     }
 }
 
-/// `ClientId` and `InstanceId`, the parameters of every credential action.
-fn credential_params<'a>(worker: &'a Worker, client_id: &'a str) -> [(&'static str, &'a str); 2] {
-    [
-        ("ClientId", client_id),
-        ("InstanceId", worker.instance_id()),
-    ]
+async fn fetch(worker: &Worker, item: WorkItem, grant: Option<usize>) -> OutcomeRecord {
+    let mut a = Attempt::new(&item, grant);
+    loop {
+        match get_credential(worker, &mut a, &item.target).await {
+            Ok(found) => return a.outcome(ItemState::Fetched, Some(&found.device_credential)),
+            Err(e) => match common_error(worker, &mut a, e).await {
+                Next::Retry => continue,
+                Next::Finish(state) => return a.outcome(state, None),
+            },
+        }
+    }
+}
+
+async fn rotate(worker: &Worker, item: WorkItem, grant: Option<usize>) -> OutcomeRecord {
+    let mut a = Attempt::new(&item, grant);
+    // The secret being replaced, kept in the ledger until the new one has been exported.
+    while a.previous_secret.is_none() {
+        match get_credential(worker, &mut a, &item.target).await {
+            Ok(current) => {
+                a.previous_secret = Some(current.device_credential.device_access_key_secret)
+            }
+            Err(e) => match common_error(worker, &mut a, e).await {
+                Next::Retry => continue,
+                Next::Finish(state) => return a.outcome(state, None),
+            },
+        }
+    }
+    loop {
+        // A Refresh whose answer was lost may or may not have rotated; rotating again is
+        // harmless, and the secret stored is the one the last answer carried.
+        let sent = worker
+            .call::<DeviceCredentialResponse>(
+                &mut a,
+                Action::RefreshDeviceCredential,
+                &credential_params(worker, &item.target),
+            )
+            .await;
+        match sent {
+            Ok(new) => return a.outcome(ItemState::Rotated, Some(&new.device_credential)),
+            Err(e) => match common_error(worker, &mut a, e).await {
+                Next::Retry => continue,
+                Next::Finish(state) => return a.outcome(state, None),
+            },
+        }
+    }
+}
+
+async fn revoke(worker: &Worker, item: WorkItem, grant: Option<usize>) -> OutcomeRecord {
+    let mut a = Attempt::new(&item, grant);
+    // An earlier UnRegister of ours that may have worked shows up as "not found": that is ours.
+    let mut ours = item.maybe_applied;
+    loop {
+        a.maybe_applied = true;
+        let sent = worker
+            .call::<EmptyResponse>(
+                &mut a,
+                Action::UnRegisterDeviceCredential,
+                &credential_params(worker, &item.target),
+            )
+            .await;
+        match sent {
+            Ok(_) => {
+                a.maybe_applied = false;
+                return a.outcome(ItemState::Revoked, None);
+            }
+            Err(CallError::Api(e)) if e.class == ErrorClass::NotFound && ours => {
+                a.maybe_applied = false;
+                return a.outcome(ItemState::Revoked, None);
+            }
+            Err(e) => {
+                if let CallError::Api(api) = &e {
+                    ours |= api.may_have_applied();
+                }
+                a.maybe_applied = ours;
+                if let Next::Finish(state) = common_error(worker, &mut a, e).await {
+                    return a.outcome(state, None);
+                }
+            }
+        }
+    }
+}
+
+async fn certificate(
+    operation: Operation,
+    worker: &Worker,
+    item: WorkItem,
+    grant: Option<usize>,
+) -> OutcomeRecord {
+    let mut a = Attempt::new(&item, grant);
+    let (device_sn, ca_sn) = split_certificate_target(&item.target);
+    let (action, done) = match operation {
+        Operation::CertActivate => (Action::ActiveDeviceCertificate, ItemState::Activated),
+        _ => (Action::InactivateDeviceCertificate, ItemState::Inactivated),
+    };
+    let params = [
+        ("CaSn", ca_sn),
+        ("DeviceSn", device_sn),
+        ("MqttInstanceId", worker.instance_id()),
+    ];
+    loop {
+        match worker
+            .call::<DeviceSnResponse>(&mut a, action, &params)
+            .await
+        {
+            Ok(_) => return a.outcome(done, None),
+            Err(e) => match common_error(worker, &mut a, e).await {
+                Next::Retry => continue,
+                Next::Finish(state) => return a.outcome(state, None),
+            },
+        }
+    }
 }

@@ -51,6 +51,7 @@ pub fn context_for(sim: &SimHandle) -> RunContext {
         }),
         home: None,
         stderr_is_terminal: false,
+        stdin_is_terminal: false,
         interrupt: CancellationToken::new(),
         command_line: "mqtt-provision register (test)".into(),
     }
