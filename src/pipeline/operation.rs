@@ -309,50 +309,66 @@ async fn register(
     }
 }
 
-async fn fetch(worker: &Worker, item: WorkItem, grant: Option<usize>) -> OutcomeRecord {
-    let mut a = Attempt::new(&item, grant);
+/// Calls until the call succeeds or the shared error handling finishes the target.
+async fn until_done<T: serde::de::DeserializeOwned>(
+    worker: &Worker,
+    a: &mut Attempt,
+    action: Action,
+    params: &[(&str, &str)],
+) -> Result<T, ItemState> {
     loop {
-        match get_credential(worker, &mut a, &item.target).await {
-            Ok(found) => return a.outcome(ItemState::Fetched, Some(&found.device_credential)),
-            Err(e) => match common_error(worker, &mut a, e).await {
+        match worker.call::<T>(a, action, params).await {
+            Ok(v) => return Ok(v),
+            Err(e) => match common_error(worker, a, e).await {
                 Next::Retry => continue,
-                Next::Finish(state) => return a.outcome(state, None),
+                Next::Finish(state) => return Err(state),
             },
         }
     }
 }
 
+async fn fetch(worker: &Worker, item: WorkItem, grant: Option<usize>) -> OutcomeRecord {
+    let mut a = Attempt::new(&item, grant);
+    match until_done::<DeviceCredentialResponse>(
+        worker,
+        &mut a,
+        Action::GetDeviceCredential,
+        &credential_params(worker, &item.target),
+    )
+    .await
+    {
+        Ok(found) => a.outcome(ItemState::Fetched, Some(&found.device_credential)),
+        Err(state) => a.outcome(state, None),
+    }
+}
+
 async fn rotate(worker: &Worker, item: WorkItem, grant: Option<usize>) -> OutcomeRecord {
     let mut a = Attempt::new(&item, grant);
+    let params = credential_params(worker, &item.target);
     // The secret being replaced, kept in the ledger until the new one has been exported.
-    while a.previous_secret.is_none() {
-        match get_credential(worker, &mut a, &item.target).await {
-            Ok(current) => {
-                a.previous_secret = Some(current.device_credential.device_access_key_secret)
-            }
-            Err(e) => match common_error(worker, &mut a, e).await {
-                Next::Retry => continue,
-                Next::Finish(state) => return a.outcome(state, None),
-            },
-        }
+    match until_done::<DeviceCredentialResponse>(
+        worker,
+        &mut a,
+        Action::GetDeviceCredential,
+        &params,
+    )
+    .await
+    {
+        Ok(current) => a.previous_secret = Some(current.device_credential.device_access_key_secret),
+        Err(state) => return a.outcome(state, None),
     }
-    loop {
-        // A Refresh whose answer was lost may or may not have rotated; rotating again is
-        // harmless, and the secret stored is the one the last answer carried.
-        let sent = worker
-            .call::<DeviceCredentialResponse>(
-                &mut a,
-                Action::RefreshDeviceCredential,
-                &credential_params(worker, &item.target),
-            )
-            .await;
-        match sent {
-            Ok(new) => return a.outcome(ItemState::Rotated, Some(&new.device_credential)),
-            Err(e) => match common_error(worker, &mut a, e).await {
-                Next::Retry => continue,
-                Next::Finish(state) => return a.outcome(state, None),
-            },
-        }
+    // A Refresh whose answer was lost may or may not have rotated; rotating again is harmless,
+    // and the secret stored is the one the last answer carried.
+    match until_done::<DeviceCredentialResponse>(
+        worker,
+        &mut a,
+        Action::RefreshDeviceCredential,
+        &params,
+    )
+    .await
+    {
+        Ok(new) => a.outcome(ItemState::Rotated, Some(&new.device_credential)),
+        Err(state) => a.outcome(state, None),
     }
 }
 
@@ -408,16 +424,8 @@ async fn certificate(
         ("DeviceSn", device_sn),
         ("MqttInstanceId", worker.instance_id()),
     ];
-    loop {
-        match worker
-            .call::<DeviceSnResponse>(&mut a, action, &params)
-            .await
-        {
-            Ok(_) => return a.outcome(done, None),
-            Err(e) => match common_error(worker, &mut a, e).await {
-                Next::Retry => continue,
-                Next::Finish(state) => return a.outcome(state, None),
-            },
-        }
+    match until_done::<DeviceSnResponse>(worker, &mut a, action, &params).await {
+        Ok(_) => a.outcome(done, None),
+        Err(state) => a.outcome(state, None),
     }
 }
