@@ -284,16 +284,8 @@ mod tests {
         assert!(p.acquire(Action::GetDeviceCredential).await.is_none());
     }
 
-    /// The most grants in any sliding second stays at the ceiling.
-    #[tokio::test]
-    async fn no_sliding_second_exceeds_the_ceiling() {
-        let config = PaceConfig {
-            account_qps: 1000.0,
-            ip_qps: 200.0,
-            headroom: 0.0,
-            burst: 2,
-            textbook: false,
-        };
+    /// Grants for 2.5 s, as seen by the caller: (largest sliding second, steady rate/s).
+    async fn observed(config: PaceConfig) -> (usize, f64) {
         let p = Pacer::new(config, 1);
         let started = Instant::now();
         let mut grants = Vec::new();
@@ -309,13 +301,39 @@ mod tests {
             }
             max = max.max(i - j + 1);
         }
-        assert!(max <= 200, "max window {max}");
         let steady = grants
             .iter()
             .filter(|g| g.duration_since(started) >= Duration::from_millis(500))
             .count() as f64
             / 2.0;
+        (max, steady)
+    }
+
+    /// The bucket admits at most the ceiling (200) in any second of its own clock. The caller
+    /// stamps a grant only when it gets to run, so a grant delivered late by a busy scheduler can
+    /// bunch one more into a window: that, and network jitter, is what `--headroom` is for. The
+    /// textbook quota under the same measurement puts about twice the limit into its first second.
+    #[tokio::test]
+    async fn no_sliding_second_exceeds_the_ceiling() {
+        let careful = PaceConfig {
+            account_qps: 1000.0,
+            ip_qps: 200.0,
+            headroom: 0.0,
+            burst: 2,
+            textbook: false,
+        };
+        let (max, steady) = observed(careful).await;
+        assert!(max <= 201, "max window {max}");
         // A sanity floor only: the benchmarks measure the real ratio at the server.
         assert!(steady >= 0.8 * 199.0, "steady rate {steady}");
+        let (textbook_max, _) = observed(PaceConfig {
+            textbook: true,
+            ..careful
+        })
+        .await;
+        assert!(
+            textbook_max >= 350,
+            "the textbook quota overshoots: {textbook_max}"
+        );
     }
 }
