@@ -285,7 +285,7 @@ pub async fn run(
             let mut cursor = 0i64;
             loop {
                 if stop.is_cancelled() {
-                    return Ok::<(), LedgerError>(());
+                    return Ok::<Vec<WorkItem>, LedgerError>(Vec::new());
                 }
                 let claim_started = Instant::now();
                 let items = ledger
@@ -296,12 +296,14 @@ pub async fn run(
                     tracing::warn!("claiming {} targets took {took:?}", items.len());
                 }
                 let Some(last) = items.last() else {
-                    return Ok(());
+                    return Ok(Vec::new());
                 };
                 cursor = last.id;
-                for item in items {
-                    if work_tx.send(item).await.is_err() {
-                        return Ok(());
+                let mut items = items.into_iter();
+                while let Some(item) = items.next() {
+                    // The dispatcher has stopped: hand back what was claimed but never sent.
+                    if let Err(refused) = work_tx.send(item).await {
+                        return Ok(std::iter::once(refused.0).chain(items).collect());
                     }
                 }
             }
@@ -345,6 +347,9 @@ pub async fn run(
     let feeder_result = feeder.await;
     while let Ok(item) = work_rx.try_recv() {
         unsent.push(item);
+    }
+    if let Ok(Ok(held)) = &feeder_result {
+        unsent.extend(held.iter().cloned());
     }
     for item in unsent {
         let record = OutcomeRecord {
@@ -404,7 +409,7 @@ pub async fn run(
     match feeder_result {
         Ok(Err(e)) => halt = Some(Halt::Ledger(e.to_string())),
         Err(e) => halt = Some(Halt::Ledger(format!("the claim task failed: {e}"))),
-        Ok(Ok(())) => {}
+        Ok(Ok(_)) => {}
     }
     Ok(RunOutcome {
         halt,
