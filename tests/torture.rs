@@ -422,13 +422,19 @@ fn a_second_worker_on_the_same_ledger_is_refused() {
     finish_and_check(&sim, &csv, &ledger, 3_000);
 }
 
-#[test]
-fn a_ledger_locked_mid_run_halts_clearly_and_loses_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let csv = devices(dir.path(), 3_000);
-    let ledger = dir.path().join("ledger.sqlite");
+/// A paced run of 3,000 devices (about 6 s) against `--dup-mode reissue`, its ledger at
+/// `ledger`; one second in, `trouble` strikes the ledger and returns how to repair it. The run
+/// must halt (exit 3) saying `says`; after the repair a rerun finishes with nothing lost and no
+/// device keyed twice.
+fn ledger_trouble_mid_run(
+    dir: &Path,
+    ledger: &Path,
+    trouble: impl FnOnce() -> Box<dyn FnOnce()>,
+    says: &str,
+) {
+    let csv = devices(dir, 3_000);
     let sim = SimProcess::start(
-        &dir.path().join("sim.jsonl"),
+        &dir.join("sim.jsonl"),
         0,
         &[
             "--latency",
@@ -443,7 +449,7 @@ fn a_ledger_locked_mid_run_halts_clearly_and_loses_nothing() {
     );
     let child = worker(
         &csv,
-        &ledger,
+        ledger,
         &sim.endpoint(),
         &["--account-qps", "500", "--ip-qps", "500", "--quiet"],
     )
@@ -452,30 +458,174 @@ fn a_ledger_locked_mid_run_halts_clearly_and_loses_nothing() {
     .spawn()
     .unwrap();
     std::thread::sleep(Duration::from_millis(1000));
-    // Another process takes SQLite's write lock and holds it past the 5 s busy timeout.
-    let locker = Command::new("python3")
-        .args(["-c", "import sqlite3,sys,time; c=sqlite3.connect(sys.argv[1], isolation_level=None, timeout=10); c.execute('BEGIN IMMEDIATE'); print('locked', flush=True); time.sleep(9)"])
-        .arg(&ledger)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let repair = trouble();
     let out = child.wait_with_output().unwrap();
-    let mut locker = locker;
-    let _ = locker.wait();
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     if out.status.code() == Some(0) {
-        panic!("the run finished before the lock was taken; make the run longer:\n{text}");
+        panic!("the run finished before the trouble struck; make the run longer:\n{text}");
     }
     assert_eq!(out.status.code(), Some(3), "{text}");
-    assert!(
-        text.contains("database is locked") || text.contains("ledger"),
-        "{text}"
+    assert!(text.contains(says), "{text}");
+    assert!(text.contains("resume"), "{text}");
+    repair();
+    finish_and_check(&sim, &csv, ledger, 3_000);
+}
+
+#[test]
+fn a_ledger_locked_mid_run_halts_clearly_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger.sqlite");
+    let lock = || -> Box<dyn FnOnce()> {
+        // Another process takes SQLite's write lock and holds it past the 5 s busy timeout.
+        let mut locker = Command::new("python3")
+            .args(["-c", "import sqlite3,sys,time; c=sqlite3.connect(sys.argv[1], isolation_level=None, timeout=10); c.execute('BEGIN IMMEDIATE'); print('locked', flush=True); time.sleep(9)"])
+            .arg(&ledger)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        Box::new(move || {
+            let _ = locker.wait();
+        })
+    };
+    ledger_trouble_mid_run(
+        dir.path(),
+        &ledger,
+        lock,
+        "another process holds the database locked",
     );
-    finish_and_check(&sim, &csv, &ledger, 3_000);
+}
+
+/// A small file system of the test's own (tmpfs), so it can be filled or made read-only;
+/// unmounted on drop. `None` where mounting is not permitted (not root, no CAP_SYS_ADMIN).
+struct SmallDisk {
+    path: PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(path: &Path, size: &str) -> Option<SmallDisk> {
+        std::fs::create_dir_all(path).unwrap();
+        let mounted = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(path)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        mounted.then(|| SmallDisk {
+            path: path.to_owned(),
+        })
+    }
+
+    fn remount(&self, options: &str) {
+        let status = Command::new("mount")
+            .args(["-o", &format!("remount,{options}")])
+            .arg(&self.path)
+            .status()
+            .unwrap();
+        assert!(status.success(), "remount {options}");
+    }
+
+    /// Writes zeros into `filler` until the file system refuses (ENOSPC).
+    fn fill(&self) -> PathBuf {
+        use std::io::Write;
+        let filler = self.path.join("filler");
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let block = vec![0u8; 1 << 16];
+        while f.write_all(&block).is_ok() {}
+        filler
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+fn skipped(test: &str) {
+    eprintln!("{test}: SKIPPED, this machine does not let the test mount a tmpfs (needs root)");
+}
+
+#[test]
+fn a_full_disk_mid_run_halts_clearly_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(disk) = SmallDisk::mount(&dir.path().join("disk"), "64m") else {
+        return skipped("a_full_disk_mid_run_halts_clearly_and_loses_nothing");
+    };
+    let fill = || -> Box<dyn FnOnce()> {
+        let filler = disk.fill();
+        Box::new(move || std::fs::remove_file(filler).unwrap())
+    };
+    ledger_trouble_mid_run(
+        dir.path(),
+        &disk.path.join("ledger.sqlite"),
+        fill,
+        "the disk is full",
+    );
+}
+
+#[test]
+fn a_read_only_ledger_is_refused_before_any_call_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(disk) = SmallDisk::mount(&dir.path().join("disk"), "64m") else {
+        return skipped("a_read_only_ledger_is_refused_before_any_call_and_loses_nothing");
+    };
+    let csv = devices(dir.path(), 1_000);
+    let ledger = disk.path.join("ledger.sqlite");
+    let sim = SimProcess::start(
+        &dir.path().join("sim.jsonl"),
+        0,
+        &[
+            "--latency",
+            "0",
+            "--account-qps",
+            "3000",
+            "--ip-qps",
+            "3000",
+        ],
+    );
+    // Half the devices registered, then the ledger's file system turns read-only (the kernel
+    // refuses that while a worker has the ledger open for writing, so it happens between runs).
+    let out = worker(&csv, &ledger, &sim.endpoint(), &["--quiet"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let more = dir.path().join("more.csv");
+    let mut text = std::fs::read_to_string(&csv).unwrap();
+    for i in 0..500 {
+        text.push_str(&format!("GID_torture@@@more-{i:05}\n"));
+    }
+    std::fs::write(&more, text).unwrap();
+    disk.remount("ro");
+    let calls_before = sim.stats()["total_calls"].as_u64().unwrap();
+    let out = worker(&more, &ledger, &sim.endpoint(), &[])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains(&*ledger.display().to_string()), "{err}");
+    assert!(err.contains("read-only"), "{err}");
+    assert_eq!(
+        sim.stats()["total_calls"].as_u64().unwrap(),
+        calls_before,
+        "no call is sent when the ledger cannot record it"
+    );
+    disk.remount("rw");
+    finish_and_check(&sim, &more, &ledger, 1_500);
 }
 
 /// Every output of every command, at trace level, with failures and STS in the mix: no

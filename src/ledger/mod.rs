@@ -48,13 +48,35 @@ pub enum LedgerError {
         "ledger {path} does not exist; run a command that creates it first (for example `register`)"
     )]
     Missing { path: String },
-    #[error("ledger {path}: {source}")]
-    Database { path: String, source: sqlx::Error },
+    /// Not a `source`: the description already carries SQLite's own words once.
+    #[error("ledger {path}: {}", describe(error))]
+    Database { path: String, error: sqlx::Error },
     #[error("ledger {path}: migrating the schema failed: {source}")]
     Migrate {
         path: String,
         source: sqlx::migrate::MigrateError,
     },
+}
+
+/// What went wrong, in the words an operator acts on, then SQLite's own.
+fn describe(error: &sqlx::Error) -> String {
+    let sqlx::Error::Database(db) = error else {
+        return error.to_string();
+    };
+    // SQLite's primary result code is the low byte of the extended code sqlx reports.
+    let primary = db
+        .code()
+        .and_then(|c| c.parse::<i32>().ok())
+        .map(|c| c & 0xff);
+    let hint = match primary {
+        Some(13) => "the disk is full; free space, then rerun",
+        Some(14) => "cannot open the file; its directory may be missing, read-only or full",
+        Some(8) => "the file or its file system is read-only",
+        Some(10) => "the disk failed to read or write",
+        Some(5) | Some(6) => "another process holds the database locked",
+        _ => return format!("SQLite: {}", db.message()),
+    };
+    format!("{hint} (SQLite: {})", db.message())
 }
 
 /// A claimed target, ready to dispatch.
@@ -208,9 +230,9 @@ impl Ledger {
             .acquire_timeout(Duration::from_secs(30))
             .connect_with(options)
             .await
-            .map_err(|source| LedgerError::Database {
+            .map_err(|error| LedgerError::Database {
                 path: shown.clone(),
-                source,
+                error,
             })?;
         MIGRATOR
             .run(&pool)
@@ -227,10 +249,10 @@ impl Ledger {
         })
     }
 
-    fn db(&self, source: sqlx::Error) -> LedgerError {
+    fn db(&self, error: sqlx::Error) -> LedgerError {
         LedgerError::Database {
             path: self.path.clone(),
-            source,
+            error,
         }
     }
 

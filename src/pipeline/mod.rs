@@ -188,10 +188,12 @@ impl Worker {
                     let address = self.clients[source]
                         .source_address()
                         .map_or_else(|| "the default address".to_owned(), |a| a.to_string());
-                    let left = self.pacer.retire_source(source);
-                    tracing::error!(
-                        "source address {address} is blocked by the service ({e}); {left} address(es) left"
-                    );
+                    let (retired, left) = self.pacer.retire_source(source);
+                    if retired {
+                        tracing::error!(
+                            "source address {address} is blocked by the service ({e}); {left} address(es) left"
+                        );
+                    }
                     if left == 0 {
                         self.set_halt(Halt::AllSourcesBlocked(e));
                         return Err(CallError::Stopped);

@@ -207,11 +207,14 @@ impl Pacer {
     }
 
     /// Stops using a source address (it was blocked). Returns how many remain.
-    pub fn retire_source(&self, idx: usize) -> usize {
-        if self.source_active[idx].swap(false, Ordering::Relaxed) {
+    /// Stops using a blocked source address. Returns whether this call retired it (calls in
+    /// flight on it all see the block; one reports it) and how many addresses are left.
+    pub fn retire_source(&self, idx: usize) -> (bool, usize) {
+        let retired = self.source_active[idx].swap(false, Ordering::Relaxed);
+        if retired {
             self.rebuild_global();
         }
-        self.active_sources()
+        (retired, self.active_sources())
     }
 
     /// The service throttled a call: slow the whole run down (once per cooldown).
@@ -280,7 +283,8 @@ mod tests {
         p.on_throttled();
         p.on_throttled(); // within the cooldown: one signal
         assert!((p.current_rate() - full * DECREASE).abs() < 1e-9);
-        assert_eq!(p.retire_source(0), 0);
+        assert_eq!(p.retire_source(0), (true, 0));
+        assert_eq!(p.retire_source(0), (false, 0), "retired once");
         assert!(p.acquire(Action::GetDeviceCredential).await.is_none());
     }
 
