@@ -108,7 +108,11 @@ fn measure(mut cmd: Command) -> Measured {
     let started = Instant::now();
     let child = cmd
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(if std::env::var_os("BENCH_STDERR").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
         .spawn()
         .expect("worker");
     let pid = child.id() as libc::pid_t;

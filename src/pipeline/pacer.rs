@@ -85,9 +85,14 @@ fn limiter(rate: f64, burst: u32) -> DefaultDirectRateLimiter {
 /// timer lateness (measured: 0.9946 of target with both binding, see BENCHMARKS.md).
 const GLOBAL_SLACK: f64 = 1.02;
 
-/// How the adaptive rate moves.
+/// How the adaptive rate moves: down by `DECREASE` at a throttle; back up quickly
+/// (`FAST_INCREASE_PER_SEC`) to `REGAIN` of the rate that was throttled, then probing slowly
+/// (`INCREASE_PER_SEC`). A lone throttle (a jittery second at our own cap) then costs a few
+/// seconds rather than fifteen, and a shared account is probed gently near its capacity.
 const DECREASE: f64 = 0.7;
 const FLOOR: f64 = 0.05;
+const REGAIN: f64 = 0.9;
+const FAST_INCREASE_PER_SEC: f64 = 0.10;
 const INCREASE_PER_SEC: f64 = 0.02;
 /// One decrease per this interval: the throttles of one congested moment are one signal, yet
 /// a server far below our pace is reached within about a second.
@@ -95,8 +100,31 @@ const DECREASE_COOLDOWN: Duration = Duration::from_millis(300);
 
 struct Adaptive {
     factor: f64,
+    /// The factor at the last throttle: the pace the service refused.
+    refused: f64,
     last_decrease: Option<Instant>,
     last_change: Instant,
+}
+
+impl Adaptive {
+    fn new() -> Self {
+        Adaptive {
+            factor: 1.0,
+            refused: 1.0,
+            last_decrease: None,
+            last_change: Instant::now(),
+        }
+    }
+
+    /// The factor after `elapsed` seconds without a throttle.
+    fn recovered(&self, elapsed: f64) -> f64 {
+        let regain = self.refused * REGAIN;
+        let fast_until = ((regain - self.factor) / FAST_INCREASE_PER_SEC).clamp(0.0, elapsed);
+        let factor = self.factor
+            + FAST_INCREASE_PER_SEC * fast_until
+            + INCREASE_PER_SEC * (elapsed - fast_until);
+        factor.min(1.0)
+    }
 }
 
 pub struct Pacer {
@@ -130,11 +158,7 @@ impl Pacer {
                 global: RwLock::new(Arc::new(per_second(
                     config.account_qps.max(config.ip_qps * sources as f64),
                 ))),
-                adaptive: Mutex::new(Adaptive {
-                    factor: 1.0,
-                    last_decrease: None,
-                    last_change: Instant::now(),
-                }),
+                adaptive: Mutex::new(Adaptive::new()),
             };
         }
         let api_rate = config.rate_for(config.account_ceiling());
@@ -154,11 +178,7 @@ impl Pacer {
                 config.target_rate(sources) * GLOBAL_SLACK,
                 config.burst,
             ))),
-            adaptive: Mutex::new(Adaptive {
-                factor: 1.0,
-                last_decrease: None,
-                last_change: Instant::now(),
-            }),
+            adaptive: Mutex::new(Adaptive::new()),
         }
     }
 
@@ -206,7 +226,6 @@ impl Pacer {
         }
     }
 
-    /// Stops using a source address (it was blocked). Returns how many remain.
     /// Stops using a blocked source address. Returns whether this call retired it (calls in
     /// flight on it all see the block; one reports it) and how many addresses are left.
     pub fn retire_source(&self, idx: usize) -> (bool, usize) {
@@ -226,6 +245,7 @@ impl Pacer {
         {
             return;
         }
+        a.refused = a.factor;
         a.factor = (a.factor * DECREASE).max(FLOOR);
         a.last_decrease = Some(now);
         a.last_change = now;
@@ -244,10 +264,10 @@ impl Pacer {
             return;
         }
         let elapsed = now.duration_since(a.last_change).as_secs_f64();
-        if elapsed < 1.0 {
+        if elapsed < 0.5 {
             return;
         }
-        a.factor = (a.factor + INCREASE_PER_SEC * elapsed).min(1.0);
+        a.factor = a.recovered(elapsed);
         a.last_change = now;
         drop(a);
         self.rebuild_global();
@@ -286,6 +306,22 @@ mod tests {
         assert_eq!(p.retire_source(0), (true, 0));
         assert_eq!(p.retire_source(0), (false, 0), "retired once");
         assert!(p.acquire(Action::GetDeviceCredential).await.is_none());
+    }
+
+    #[test]
+    fn recovery_is_fast_up_to_near_the_refused_pace_then_slow() {
+        let mut a = Adaptive::new();
+        a.refused = 1.0;
+        a.factor = 0.7;
+        // 2 s fast (0.7 → 0.9), then 0.02/s.
+        assert!((a.recovered(1.0) - 0.8).abs() < 1e-9);
+        assert!((a.recovered(2.0) - 0.9).abs() < 1e-9);
+        assert!((a.recovered(3.0) - 0.92).abs() < 1e-9);
+        assert_eq!(a.recovered(60.0), 1.0, "never above the configured pace");
+        // Near the refused pace already: only the slow probe.
+        a.refused = 0.75;
+        a.factor = 0.7;
+        assert!((a.recovered(1.0) - 0.72).abs() < 1e-9);
     }
 
     /// Grants for 2.5 s, as seen by the caller: (largest sliding second, steady rate/s).

@@ -67,7 +67,8 @@ pub struct Registry {
     /// instance → (CaSn, DeviceSn) → certificate.
     certificates: HashMap<String, BTreeMap<(String, String), DeviceCertificate>>,
     /// ClientId → credentials ever issued, surviving UnRegister (for the `duplicates` stat).
-    issued: HashMap<String, u32>,
+    /// Ordered, not hashed: a rehash under the simulator's lock would stall every connection.
+    issued: BTreeMap<String, u32>,
     journal: Option<File>,
 }
 
