@@ -100,29 +100,6 @@ async fn setup(
     (sim, csv)
 }
 
-fn argv<'a>(
-    case: Case,
-    csv: &'a str,
-    ledger: &'a str,
-    sim: &'a SimHandle,
-    endpoint: &'a str,
-    extra: &[&'a str],
-) -> Vec<&'a str> {
-    let mut v: Vec<&str> = case.command.to_vec();
-    v.extend([
-        csv,
-        "--ledger",
-        ledger,
-        "--instance-id",
-        &sim.instance_id,
-        "--endpoint",
-        endpoint,
-        "--quiet",
-    ]);
-    v.extend_from_slice(extra);
-    v
-}
-
 async fn counts(
     ledger: &std::path::Path,
     operation: &str,
@@ -148,19 +125,8 @@ async fn each_operation_succeeds_and_names_its_not_found() {
         let before = simulator_credentials(&sim);
         let ctx = context_for(&sim);
         let ledger = dir.path().join("l.sqlite");
-        let e = sim.endpoint();
-        let code = run_cli(
-            &argv(
-                case,
-                csv.to_str().unwrap(),
-                ledger.to_str().unwrap(),
-                &sim,
-                &e,
-                &FAST,
-            ),
-            &ctx,
-        )
-        .await;
+        let run = Run::new(case.command, &csv, &ledger, &sim);
+        let code = run.exit(&FAST, &ctx).await;
         assert_eq!(
             code, 0,
             "{}: not_found is a named outcome, not a failure",
@@ -246,19 +212,8 @@ async fn each_operation_rides_out_throttling() {
         tokio::time::sleep(std::time::Duration::from_millis(1100)).await; // setup's calls leave the window
         let ctx = context_for(&sim);
         let ledger = dir.path().join("l.sqlite");
-        let e = sim.endpoint();
-        let code = run_cli(
-            &argv(
-                case,
-                csv.to_str().unwrap(),
-                ledger.to_str().unwrap(),
-                &sim,
-                &e,
-                &["--ip-qps", "5000"],
-            ),
-            &ctx,
-        )
-        .await;
+        let run = Run::new(case.command, &csv, &ledger, &sim);
+        let code = run.exit(&["--ip-qps", "5000"], &ctx).await;
         assert_eq!(code, 0, "{}", case.operation);
         assert!(
             sim.stats().throttled > 0,
@@ -287,19 +242,8 @@ async fn each_operation_halts_on_a_fatal_error() {
             _ => None,
         });
         let ledger = dir.path().join("l.sqlite");
-        let e = sim.endpoint();
-        let code = run_cli(
-            &argv(
-                case,
-                csv.to_str().unwrap(),
-                ledger.to_str().unwrap(),
-                &sim,
-                &e,
-                &["--concurrency", "1"],
-            ),
-            &ctx,
-        )
-        .await;
+        let run = Run::new(case.command, &csv, &ledger, &sim);
+        let code = run.exit(&["--concurrency", "1"], &ctx).await;
         assert_eq!(code, 3, "{}", case.operation);
         assert_eq!(
             counts(&ledger, case.operation).await.get("pending"),
@@ -327,15 +271,8 @@ async fn each_operation_resumes_after_an_interrupt() {
         .await;
         let ctx = context_for(&sim);
         let ledger = dir.path().join("l.sqlite");
-        let e = sim.endpoint();
-        let a = argv(
-            case,
-            csv.to_str().unwrap(),
-            ledger.to_str().unwrap(),
-            &sim,
-            &e,
-            &["--account-qps", "400", "--ip-qps", "400"],
-        );
+        let run = Run::new(case.command, &csv, &ledger, &sim);
+        let a = run.args(&["--account-qps", "400", "--ip-qps", "400"]);
         let interrupt = ctx.interrupt.clone();
         tokio::spawn(async move {
             tokio::time::sleep(std::time::Duration::from_millis(300)).await;
@@ -399,22 +336,8 @@ async fn rotate_keeps_the_previous_secret_until_exported() {
     let (sim, csv) = setup(CASES[1], 3, dir.path(), fast()).await;
     let ctx = context_for(&sim);
     let ledger = dir.path().join("l.sqlite");
-    let e = sim.endpoint();
-    assert_eq!(
-        run_cli(
-            &argv(
-                CASES[1],
-                csv.to_str().unwrap(),
-                ledger.to_str().unwrap(),
-                &sim,
-                &e,
-                &FAST
-            ),
-            &ctx
-        )
-        .await,
-        0
-    );
+    let run = Run::new(CASES[1].command, &csv, &ledger, &sim);
+    assert_eq!(run.exit(&FAST, &ctx).await, 0);
     let kept = |l: std::path::PathBuf| async move {
         let l = Ledger::open_existing(&l).await.unwrap();
         let rows = l.export_page("rotate", &["rotated"], 0, 100).await.unwrap();

@@ -20,28 +20,6 @@ fn fast(config: SimConfig) -> SimConfig {
     }
 }
 
-fn args<'a>(
-    csv: &'a str,
-    ledger: &'a str,
-    sim: &'a mqtt_provision::sim::SimHandle,
-    endpoint: &'a str,
-    extra: &[&'a str],
-) -> Vec<&'a str> {
-    let mut v = vec![
-        "register",
-        csv,
-        "--ledger",
-        ledger,
-        "--instance-id",
-        &sim.instance_id,
-        "--endpoint",
-        endpoint,
-        "--quiet",
-    ];
-    v.extend_from_slice(extra);
-    v
-}
-
 async fn status(ledger: &std::path::Path) -> OperationStatus {
     let l = Ledger::open_existing(ledger).await.unwrap();
     OperationStatus::load(&l, "register").await.unwrap()
@@ -54,25 +32,21 @@ async fn happy_path_ledger_matches_the_simulator_and_rerun_is_a_no_op() {
     let ctx = context_for(&sim);
     let csv = devices_csv(dir.path(), "happy", 300);
     let ledger = dir.path().join("l.sqlite");
-    let (c, l, e) = (
-        csv.to_str().unwrap(),
-        ledger.to_str().unwrap(),
-        sim.endpoint(),
-    );
-    assert_eq!(run_cli(&args(c, l, &sim, &e, &FAST), &ctx).await, 0);
+    let run = Run::new(&["register"], &csv, &ledger, &sim);
+    assert_eq!(run.exit(&FAST, &ctx).await, 0);
     let ours = ledger_credentials(&ledger, &ctx).await;
     assert_eq!(ours.len(), 300);
     assert_eq!(ours, simulator_credentials(&sim));
     let calls = sim.stats().total_calls;
     assert_eq!(calls, 300, "one call per device");
-    assert_eq!(run_cli(&args(c, l, &sim, &e, &FAST), &ctx).await, 0);
+    assert_eq!(run.exit(&FAST, &ctx).await, 0);
     assert_eq!(
         sim.stats().total_calls,
         calls,
         "a completed ledger sends nothing"
     );
     // Another instance on this ledger is refused.
-    let mut other = args(c, l, &sim, &e, &FAST);
+    let mut other = run.args(&FAST);
     other[5] = "post-cn-other";
     assert_eq!(run_cli(&other, &ctx).await, 2);
     sim.stop().await;
@@ -85,18 +59,11 @@ async fn v1_signatures_work_too() {
     let ctx = context_for(&sim);
     let csv = devices_csv(dir.path(), "v1", 20);
     let ledger = dir.path().join("l.sqlite");
-    let e = sim.endpoint();
-    let mut a = args(
-        csv.to_str().unwrap(),
-        ledger.to_str().unwrap(),
-        &sim,
-        &e,
-        &FAST,
-    );
+    let run = Run::new(&["register"], &csv, &ledger, &sim);
+    let mut a = run.args(&FAST);
     a.extend(["--signature", "v1"]);
     assert_eq!(run_cli(&a, &ctx).await, 0);
     assert_eq!(sim.stats().successes("RegisterDeviceCredential"), 20);
-    let _ = SignatureVersion::V1;
     sim.stop().await;
 }
 
@@ -115,21 +82,8 @@ async fn existing_credentials_are_recovered_not_replaced() {
     let before = simulator_credentials(&sim);
     let csv = devices_csv(dir.path(), "pre", 50);
     let ledger = dir.path().join("l.sqlite");
-    let e = sim.endpoint();
-    assert_eq!(
-        run_cli(
-            &args(
-                csv.to_str().unwrap(),
-                ledger.to_str().unwrap(),
-                &sim,
-                &e,
-                &FAST
-            ),
-            &ctx
-        )
-        .await,
-        0
-    );
+    let run = Run::new(&["register"], &csv, &ledger, &sim);
+    assert_eq!(run.exit(&FAST, &ctx).await, 0);
     let s = status(&ledger).await;
     assert_eq!(
         (s.count(ItemState::Registered), s.count(ItemState::Existing)),
@@ -159,14 +113,8 @@ async fn check_existing_asks_first() {
         .unwrap();
     let csv = devices_csv(dir.path(), "live", 5);
     let ledger = dir.path().join("l.sqlite");
-    let e = sim.endpoint();
-    let mut a = args(
-        csv.to_str().unwrap(),
-        ledger.to_str().unwrap(),
-        &sim,
-        &e,
-        &FAST,
-    );
+    let run = Run::new(&["register"], &csv, &ledger, &sim);
+    let mut a = run.args(&FAST);
     a.push("--check-existing");
     assert_eq!(run_cli(&a, &ctx).await, 0);
     let stats = sim.stats();
@@ -196,12 +144,8 @@ async fn quota_halts_cleanly_then_resumes_once_raised() {
     let ctx = context_for(&sim);
     let csv = devices_csv(dir.path(), "quota", 100);
     let ledger = dir.path().join("l.sqlite");
-    let (c, l) = (csv.to_str().unwrap(), ledger.to_str().unwrap());
-    let e = sim.endpoint();
-    assert_eq!(
-        run_cli(&args(c, l, &sim, &e, &["--concurrency", "4"]), &ctx).await,
-        3
-    );
+    let run = Run::new(&["register"], &csv, &ledger, &sim);
+    assert_eq!(run.exit(&["--concurrency", "4"], &ctx).await, 3);
     let s = status(&ledger).await;
     assert_eq!(s.count(ItemState::Registered), 30);
     assert_eq!(s.count(ItemState::Pending), 70, "the rest stays pending");
@@ -225,8 +169,8 @@ async fn quota_halts_cleanly_then_resumes_once_raised() {
         ..SimConfig::default()
     }))
     .await;
-    let e = sim.endpoint();
-    assert_eq!(run_cli(&args(c, l, &sim, &e, &FAST), &ctx).await, 0);
+    let run = Run::new(&["register"], &csv, &ledger, &sim);
+    assert_eq!(run.exit(&FAST, &ctx).await, 0);
     assert_eq!(
         ledger_credentials(&ledger, &ctx).await,
         simulator_credentials(&sim)
@@ -247,21 +191,8 @@ async fn wrong_credentials_halt_with_exit_3_and_nothing_lost() {
     });
     let csv = devices_csv(dir.path(), "fatal", 50);
     let ledger = dir.path().join("l.sqlite");
-    let e = sim.endpoint();
-    assert_eq!(
-        run_cli(
-            &args(
-                csv.to_str().unwrap(),
-                ledger.to_str().unwrap(),
-                &sim,
-                &e,
-                &["--concurrency", "2"]
-            ),
-            &ctx
-        )
-        .await,
-        3
-    );
+    let run = Run::new(&["register"], &csv, &ledger, &sim);
+    assert_eq!(run.exit(&["--concurrency", "2"], &ctx).await, 3);
     let s = status(&ledger).await;
     assert_eq!(s.count(ItemState::Pending), 50);
     assert!(s.errors.iter().any(|g| g.code == "SignatureDoesNotMatch"));
@@ -269,20 +200,7 @@ async fn wrong_credentials_halt_with_exit_3_and_nothing_lost() {
     // No credentials at all: exit 2 with one sentence naming the variables.
     let mut none = context_for(&sim);
     none.env = Box::new(|_| None);
-    assert_eq!(
-        run_cli(
-            &args(
-                csv.to_str().unwrap(),
-                ledger.to_str().unwrap(),
-                &sim,
-                &e,
-                &[]
-            ),
-            &none
-        )
-        .await,
-        2
-    );
+    assert_eq!(run.exit(&[], &none).await, 2);
     sim.stop().await;
 }
 
@@ -300,21 +218,8 @@ async fn throttling_by_a_stricter_server_completes_with_few_throttles() {
     let ctx = context_for(&sim);
     let csv = devices_csv(dir.path(), "throttle", 1000);
     let ledger = dir.path().join("l.sqlite");
-    let e = sim.endpoint();
-    assert_eq!(
-        run_cli(
-            &args(
-                csv.to_str().unwrap(),
-                ledger.to_str().unwrap(),
-                &sim,
-                &e,
-                &["--ip-qps", "5000"]
-            ),
-            &ctx
-        )
-        .await,
-        0
-    );
+    let run = Run::new(&["register"], &csv, &ledger, &sim);
+    assert_eq!(run.exit(&["--ip-qps", "5000"], &ctx).await, 0);
     let stats = sim.stats();
     assert_eq!(stats.successes("RegisterDeviceCredential"), 1000);
     assert!(stats.max_window.per_api_admitted["RegisterDeviceCredential"] <= 200);
@@ -345,14 +250,8 @@ async fn faults_with_a_reissuing_server_never_duplicate_a_credential() {
     let ctx = context_for(&sim);
     let csv = devices_csv(dir.path(), "faults", 300);
     let ledger = dir.path().join("l.sqlite");
-    let e = sim.endpoint();
-    let mut a = args(
-        csv.to_str().unwrap(),
-        ledger.to_str().unwrap(),
-        &sim,
-        &e,
-        &FAST,
-    );
+    let run = Run::new(&["register"], &csv, &ledger, &sim);
+    let mut a = run.args(&FAST);
     a.extend(["--read-timeout", "0.5", "--max-attempts", "20"]);
     assert_eq!(run_cli(&a, &ctx).await, 0);
     let stats = sim.stats();
@@ -395,14 +294,8 @@ async fn interrupt_then_resume() {
     let ctx = context_for(&sim);
     let csv = devices_csv(dir.path(), "intr", 600);
     let ledger = dir.path().join("l.sqlite");
-    let e = sim.endpoint();
-    let a = args(
-        csv.to_str().unwrap(),
-        ledger.to_str().unwrap(),
-        &sim,
-        &e,
-        &[],
-    );
+    let run = Run::new(&["register"], &csv, &ledger, &sim);
+    let a = run.args(&[]);
     let interrupt = ctx.interrupt.clone();
     tokio::spawn(async move {
         tokio::time::sleep(std::time::Duration::from_millis(700)).await;
@@ -439,21 +332,8 @@ async fn invalid_rows_are_recorded_with_file_line_and_reason() {
     let csv = dir.path().join("mixed.csv");
     std::fs::write(&csv, "client_id\nGID_test@@@ok-1\nGID_x@@@short\nGID_test@@@bad/char\nGID_test@@@ok-1\nGID_test@@@ok-2\n").unwrap();
     let ledger = dir.path().join("l.sqlite");
-    let e = sim.endpoint();
-    assert_eq!(
-        run_cli(
-            &args(
-                csv.to_str().unwrap(),
-                ledger.to_str().unwrap(),
-                &sim,
-                &e,
-                &FAST
-            ),
-            &ctx
-        )
-        .await,
-        1
-    );
+    let run = Run::new(&["register"], &csv, &ledger, &sim);
+    assert_eq!(run.exit(&FAST, &ctx).await, 1);
     let s = status(&ledger).await;
     assert_eq!(
         (s.count(ItemState::Registered), s.count(ItemState::Invalid)),
@@ -498,21 +378,8 @@ async fn default_pace_keeps_every_sliding_second_under_the_limits() {
     let ctx = context_for(&sim);
     let csv = devices_csv(dir.path(), "pace", 900);
     let ledger = dir.path().join("l.sqlite");
-    let e = sim.endpoint();
-    assert_eq!(
-        run_cli(
-            &args(
-                csv.to_str().unwrap(),
-                ledger.to_str().unwrap(),
-                &sim,
-                &e,
-                &[]
-            ),
-            &ctx
-        )
-        .await,
-        0
-    );
+    let run = Run::new(&["register"], &csv, &ledger, &sim);
+    assert_eq!(run.exit(&[], &ctx).await, 0);
     let stats = sim.stats();
     assert_eq!(stats.throttled, 0);
     assert!(stats.blocked_ips.is_empty());
@@ -546,7 +413,7 @@ async fn two_source_addresses_share_the_account_budget() {
     let ctx = context_for(&sim);
     let csv = devices_csv(dir.path(), "twoips", 500);
     let ledger = dir.path().join("l.sqlite");
-    let e = sim.endpoint();
+    let run = Run::new(&["register"], &csv, &ledger, &sim);
     let extra = [
         "--account-qps",
         "400",
@@ -557,20 +424,7 @@ async fn two_source_addresses_share_the_account_budget() {
         "--source-address",
         "127.0.0.3",
     ];
-    assert_eq!(
-        run_cli(
-            &args(
-                csv.to_str().unwrap(),
-                ledger.to_str().unwrap(),
-                &sim,
-                &e,
-                &extra
-            ),
-            &ctx
-        )
-        .await,
-        0
-    );
+    assert_eq!(run.exit(&extra, &ctx).await, 0);
     let stats = sim.stats();
     assert!(stats.blocked_ips.is_empty(), "{:?}", stats.blocked_ips);
     for ip in ["127.0.0.2", "127.0.0.3"] {
@@ -593,21 +447,8 @@ async fn a_blocked_address_is_retired_and_the_run_halts_when_none_is_left() {
     let ctx = context_for(&sim);
     let csv = devices_csv(dir.path(), "blocked", 200);
     let ledger = dir.path().join("l.sqlite");
-    let e = sim.endpoint();
-    assert_eq!(
-        run_cli(
-            &args(
-                csv.to_str().unwrap(),
-                ledger.to_str().unwrap(),
-                &sim,
-                &e,
-                &[]
-            ),
-            &ctx
-        )
-        .await,
-        3
-    );
+    let run = Run::new(&["register"], &csv, &ledger, &sim);
+    assert_eq!(run.exit(&[], &ctx).await, 3);
     let s = status(&ledger).await;
     assert_eq!(
         s.count(ItemState::Registered) as usize,

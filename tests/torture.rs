@@ -206,7 +206,8 @@ const FAULTS: [&str; 10] = [
     "1500",
 ];
 
-fn kill9_story(n: usize, kills: usize, seed: u64) {
+/// `n` devices, a ledger, and a simulator with `FAULTS` on and a fast pace, for the stories.
+fn faulty_world(n: usize) -> (tempfile::TempDir, PathBuf, PathBuf, SimProcess) {
     let dir = tempfile::tempdir().unwrap();
     let csv = devices(dir.path(), n);
     let ledger = dir.path().join("ledger.sqlite");
@@ -220,7 +221,13 @@ fn kill9_story(n: usize, kills: usize, seed: u64) {
         "3000",
     ]);
     let sim = SimProcess::start(&dir.path().join("sim.jsonl"), 0, &extra);
+    (dir, csv, ledger, sim)
+}
+
+fn kill9_story(n: usize, kills: usize, seed: u64) {
+    let (_dir, csv, ledger, sim) = faulty_world(n);
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut killed_mid_run = 0;
     for k in 0..kills {
         let mut child = worker(&csv, &ledger, &sim.endpoint(), &["--quiet"])
             .stdout(Stdio::null())
@@ -233,8 +240,11 @@ fn kill9_story(n: usize, kills: usize, seed: u64) {
         let _ = child.wait();
         if finished {
             eprintln!("kill {k}: the run had already finished");
+        } else {
+            killed_mid_run += 1;
         }
     }
+    assert!(killed_mid_run > 0, "at least one run was killed mid-run");
     finish_and_check(&sim, &csv, &ledger, n);
     sim.kill();
 }
@@ -251,19 +261,7 @@ fn kill_9_at_random_moments_then_resume_long() {
 }
 
 fn sigint_story(n: usize, interrupts: usize, seed: u64) {
-    let dir = tempfile::tempdir().unwrap();
-    let csv = devices(dir.path(), n);
-    let ledger = dir.path().join("ledger.sqlite");
-    let mut extra = FAULTS.to_vec();
-    extra.extend([
-        "--latency",
-        "uniform:1:10",
-        "--account-qps",
-        "3000",
-        "--ip-qps",
-        "3000",
-    ]);
-    let sim = SimProcess::start(&dir.path().join("sim.jsonl"), 0, &extra);
+    let (_dir, csv, ledger, sim) = faulty_world(n);
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut interrupted = 0;
     for _ in 0..interrupts {

@@ -136,3 +136,51 @@ pub fn simulator_credentials(sim: &SimHandle) -> HashMap<String, (String, String
         "device_access_key_secret",
     )
 }
+
+/// One bulk command line of a test (`register`, `fetch`, `cert inactivate` …): its CSV,
+/// ledger, instance and endpoint.
+pub struct Run {
+    command: &'static [&'static str],
+    csv: String,
+    ledger: String,
+    instance: String,
+    endpoint: String,
+}
+
+impl Run {
+    pub fn new(
+        command: &'static [&'static str],
+        csv: &std::path::Path,
+        ledger: &std::path::Path,
+        sim: &SimHandle,
+    ) -> Run {
+        Run {
+            command,
+            csv: csv.to_str().unwrap().to_owned(),
+            ledger: ledger.to_str().unwrap().to_owned(),
+            instance: sim.instance_id.clone(),
+            endpoint: sim.endpoint(),
+        }
+    }
+
+    pub fn args<'a>(&'a self, extra: &[&'a str]) -> Vec<&'a str> {
+        let mut v = self.command.to_vec();
+        v.extend([
+            self.csv.as_str(),
+            "--ledger",
+            &self.ledger,
+            "--instance-id",
+            &self.instance,
+            "--endpoint",
+            &self.endpoint,
+            "--quiet",
+        ]);
+        v.extend_from_slice(extra);
+        v
+    }
+
+    /// Runs it with `extra` flags; the exit code.
+    pub async fn exit(&self, extra: &[&str], ctx: &mqtt_provision::run::RunContext) -> i32 {
+        run_cli(&self.args(extra), ctx).await
+    }
+}
