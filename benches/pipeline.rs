@@ -3,9 +3,8 @@
 //! one Markdown row per scenario. Scenarios: pace, two-ips, shared-account, ceiling, scale, naive.
 //! `BENCH_DEVICES=N` shrinks the device counts for a quick look.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use mqtt_provision::api::{AccessKey, ClientConfig, Endpoint, OnsMqttClient};
@@ -15,82 +14,13 @@ const AK: &str = "BENCHAK";
 const SECRET: &str = "bench-secret";
 const INSTANCE: &str = "post-cn-bench0001";
 
-struct Sim {
-    child: Child,
-    port: u16,
-}
+#[path = "../tests/common/sim_process.rs"]
+mod sim_process;
+use sim_process::SimProcess;
 
-impl Sim {
-    fn start(extra: &[&str]) -> Sim {
-        let mut child = Command::new(BIN)
-            .args([
-                "simulate",
-                "--listen",
-                "127.0.0.1:0",
-                "--instance",
-                INSTANCE,
-                "--access-key",
-                &format!("{AK}:{SECRET}"),
-            ])
-            .args(extra)
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("simulator");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line
-            .split("http://127.0.0.1:")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .and_then(|p| p.parse().ok())
-            .expect("port");
-        Sim { child, port }
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn stats(&self) -> serde_json::Value {
-        let url = format!("{}/__sim/stats", self.endpoint());
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            serde_json::from_str(&reqwest::get(&url).await.unwrap().text().await.unwrap()).unwrap()
-        })
-    }
-
-    /// CPU seconds the simulator process has used so far.
-    fn cpu_seconds(&self) -> f64 {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        let fields: Vec<&str> = stat
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .split_whitespace()
-            .collect();
-        let ticks = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
-        // After the ')': state is field 0, utime 11, stime 12 (clock ticks).
-        (ticks(11) + ticks(12)) / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
-    }
-}
-
-impl Drop for Sim {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The benchmarks' simulator: its own process, any port, their instance and key.
+fn start_sim(extra: &[&str]) -> SimProcess {
+    SimProcess::start(BIN, 0, INSTANCE, &format!("{AK}:{SECRET}"), extra)
 }
 
 /// A finished worker process: exit code, wall time, CPU seconds, peak RSS, stdout.
@@ -214,7 +144,7 @@ fn paced(
 ) {
     let dir = tempfile::tempdir().unwrap();
     let csv = devices(dir.path(), n, name);
-    let sim = Sim::start(&["--latency", "lognormal:80:0.5"]);
+    let sim = start_sim(&["--latency", "lognormal:80:0.5"]);
     let mut extra = worker_extra.to_vec();
     if textbook {
         extra.push("--textbook-pacer");
@@ -251,7 +181,7 @@ fn shared_account() {
     let n = count(30_000);
     let dir = tempfile::tempdir().unwrap();
     let csv = devices(dir.path(), n, "shared");
-    let sim = Sim::start(&["--latency", "lognormal:80:0.5"]);
+    let sim = start_sim(&["--latency", "lognormal:80:0.5"]);
     let endpoint = sim.endpoint();
     // Another application of the same account: 150 Register calls/s from its own address.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -326,7 +256,7 @@ fn ceiling() {
     let n = count(200_000);
     let dir = tempfile::tempdir().unwrap();
     let csv = devices(dir.path(), n, "ceiling");
-    let sim = Sim::start(&UNLIMITED);
+    let sim = start_sim(&UNLIMITED);
     let sim_cpu_before = sim.cpu_seconds();
     let m = measure(worker(
         &csv,
@@ -352,7 +282,7 @@ fn ceiling() {
 
 /// The simulator alone, signatures checked: a load generator of 128 concurrent V3-signed calls.
 fn simulator_capacity() {
-    let sim = Sim::start(&UNLIMITED);
+    let sim = start_sim(&UNLIMITED);
     let endpoint = sim.endpoint();
     let cpu0 = sim.cpu_seconds();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -405,7 +335,7 @@ fn scale() {
         let dir = tempfile::tempdir().unwrap();
         let csv = devices(dir.path(), n, "scale");
         let ledger = dir.path().join("l.sqlite");
-        let sim = Sim::start(&UNLIMITED);
+        let sim = start_sim(&UNLIMITED);
         let ingest = measure(worker(&csv, &ledger, &sim.endpoint(), &["--dry-run"]));
         let run = measure(worker(&csv, &ledger, &sim.endpoint(), &UNLIMITED));
         let rerun = measure(worker(&csv, &ledger, &sim.endpoint(), &UNLIMITED));

@@ -3,7 +3,6 @@
 //! secrets in every output. Short forms run in `cargo test`; `--ignored` runs the long forms.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -15,72 +14,15 @@ const AK: &str = "TORTUREAK";
 const SECRET: &str = "torture-access-key-secret";
 const INSTANCE: &str = "post-cn-torture01";
 
-struct SimProcess {
-    child: Child,
-    port: u16,
-}
+#[path = "common/sim_process.rs"]
+mod sim_process;
+use sim_process::SimProcess;
 
-impl SimProcess {
-    fn start(state: &Path, listen_port: u16, extra: &[&str]) -> SimProcess {
-        let listen = format!("127.0.0.1:{listen_port}");
-        let mut child = Command::new(BIN)
-            .args([
-                "simulate",
-                "--listen",
-                &listen,
-                "--instance",
-                INSTANCE,
-                "--access-key",
-                &format!("{AK}:{SECRET}"),
-                "--state",
-            ])
-            .arg(state)
-            .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("simulator starts");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line
-            .split("http://127.0.0.1:")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("no address in {line:?}"));
-        SimProcess { child, port }
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn get(&self, path: &str) -> String {
-        let url = format!("{}{path}", self.endpoint());
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async { reqwest::get(&url).await.unwrap().text().await.unwrap() })
-    }
-
-    fn stats(&self) -> serde_json::Value {
-        serde_json::from_str(&self.get("/__sim/stats")).unwrap()
-    }
-
-    fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for SimProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The simulator process of these tests: their instance and key, a `--state` journal.
+fn start_sim(state: &Path, listen_port: u16, extra: &[&str]) -> SimProcess {
+    let mut args = vec!["--state", state.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    SimProcess::start(BIN, listen_port, INSTANCE, &format!("{AK}:{SECRET}"), &args)
 }
 
 fn worker(csv: &Path, ledger: &Path, endpoint: &str, extra: &[&str]) -> Command {
@@ -220,7 +162,7 @@ fn faulty_world(n: usize) -> (tempfile::TempDir, PathBuf, PathBuf, SimProcess) {
         "--ip-qps",
         "3000",
     ]);
-    let sim = SimProcess::start(&dir.path().join("sim.jsonl"), 0, &extra);
+    let sim = start_sim(&dir.path().join("sim.jsonl"), 0, &extra);
     (dir, csv, ledger, sim)
 }
 
@@ -347,7 +289,7 @@ fn the_worker_rides_out_a_simulator_restart() {
         .map(|p| 20_000 + (p - 20_000) % 10_000)
         .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
         .expect("a free port");
-    let sim = SimProcess::start(&state, port, &extra);
+    let sim = start_sim(&state, port, &extra);
     let child = worker(
         &csv,
         &ledger,
@@ -361,7 +303,7 @@ fn the_worker_rides_out_a_simulator_restart() {
     std::thread::sleep(Duration::from_millis(1200));
     sim.kill();
     std::thread::sleep(Duration::from_millis(800));
-    let sim = SimProcess::start(&state, port, &extra);
+    let sim = start_sim(&state, port, &extra);
     let out = child.wait_with_output().unwrap();
     assert_eq!(
         out.status.code(),
@@ -378,7 +320,7 @@ fn a_second_worker_on_the_same_ledger_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let csv = devices(dir.path(), 3_000);
     let ledger = dir.path().join("ledger.sqlite");
-    let sim = SimProcess::start(
+    let sim = start_sim(
         &dir.path().join("sim.jsonl"),
         0,
         &[
@@ -431,7 +373,7 @@ fn ledger_trouble_mid_run(
     says: &str,
 ) {
     let csv = devices(dir, 3_000);
-    let sim = SimProcess::start(
+    let sim = start_sim(
         &dir.join("sim.jsonl"),
         0,
         &[
@@ -579,7 +521,7 @@ fn a_read_only_ledger_is_refused_before_any_call_and_loses_nothing() {
     };
     let csv = devices(dir.path(), 1_000);
     let ledger = disk.path.join("ledger.sqlite");
-    let sim = SimProcess::start(
+    let sim = start_sim(
         &dir.path().join("sim.jsonl"),
         0,
         &[
@@ -634,35 +576,13 @@ fn no_secret_in_any_output() {
     let csv = devices(dir.path(), 50);
     let ledger = dir.path().join("ledger.sqlite");
     let token = "CAIS-torture-token-value";
-    let sim = Command::new(BIN)
-        .args([
-            "simulate",
-            "--listen",
-            "127.0.0.1:0",
-            "--instance",
-            INSTANCE,
-            "--access-key",
-            &format!("STSAK:{SECRET}:{token}"),
-            "--fault-internal-error",
-            "0.2",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut sim = SimProcess {
-        child: sim,
-        port: 0,
-    };
-    let mut line = String::new();
-    BufReader::new(sim.child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    sim.port = line
-        .split("http://127.0.0.1:")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|p| p.parse().ok())
-        .unwrap();
+    let sim = SimProcess::start(
+        BIN,
+        0,
+        INSTANCE,
+        &format!("STSAK:{SECRET}:{token}"),
+        &["--fault-internal-error", "0.2"],
+    );
     let mut outputs = String::new();
     for signature in ["v3", "v1"] {
         // The wrong secret first, on a fresh ledger, so its calls are really sent.
