@@ -1,25 +1,20 @@
-//! The command line: clap derive types only. [`crate::run`] turns them into validated plans;
-//! nothing downstream re-checks a flag.
+//! The command line: clap derive types and the value parsers that turn each flag into a type
+//! (durations, percentages, operation names, states, endpoints) as it is parsed. [`crate::plan`]
+//! turns these raw arguments into validated plans; nothing downstream re-checks a flag.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::api::SignatureVersion;
+use crate::api::{Endpoint, SignatureVersion};
+use crate::exit;
+use crate::ledger::ItemState;
 use crate::sim::SimConfig;
 
-const EXIT_CODES: &str = "\
-Exit codes:
-  0    every valid device holds a credential (or the command succeeded)
-  1    finished, but some rows are invalid or failed (see `status`, `export --failures`)
-  2    usage, configuration or input error (nothing was sent)
-  3    halted: credential quota full, credentials/permission/instance refused, every source
-       address blocked, or the ledger could not be written; rerun the same command after fixing it
-  130  interrupted (Ctrl-C, SIGTERM); rerun the same command to resume";
-
 #[derive(Debug, Parser)]
-#[command(name = "mqtt-provision", version, about = "Provision ApsaraMQ for MQTT device credentials in bulk: paced, resumable, never re-keying a device.", after_help = EXIT_CODES)]
+#[command(name = "mqtt-provision", version, about = "Provision ApsaraMQ for MQTT device credentials in bulk: paced, resumable, never re-keying a device.", after_help = exit::help())]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -28,21 +23,21 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Register a credential for every device of the CSV files (RegisterDeviceCredential).
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = exit::help())]
     Register(RegisterArgs),
     /// Fetch the existing credential of every device (GetDeviceCredential), e.g. after a lost
     /// export or for devices registered elsewhere. DeviceCredentialNotFound is the named outcome
     /// `not_found`, not a failure.
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = exit::help())]
     Fetch(RunArgs),
     /// Rotate every device's secret (RefreshDeviceCredential), e.g. after a leak. Two calls per
     /// device: the current secret is fetched first and kept until the new one is exported.
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = exit::help())]
     Rotate(RunArgs),
     /// Unregister every device's credential (UnRegisterDeviceCredential). Destructive: prints
     /// what it would do and needs --yes (or a typed confirmation on a terminal). Clients already
     /// connected stay connected until they disconnect.
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = exit::help())]
     Revoke(RevokeArgs),
     /// Device certificates: switch off, switch on, list.
     #[command(subcommand)]
@@ -62,10 +57,10 @@ pub enum Command {
 pub enum CertCommand {
     /// InactivateDeviceCertificate for rows of `device_sn, ca_sn`; FindDeviceBySnError is the
     /// named outcome `not_found`. CaSn is checked (≤ 128 bytes) before any call.
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = exit::help())]
     Inactivate(RunArgs),
     /// ActiveDeviceCertificate for rows of `device_sn, ca_sn`.
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = exit::help())]
     Activate(RunArgs),
     /// Every device certificate of the instance (ListDeviceCertificate, page by page) as CSV.
     List(ListArgs),
@@ -190,8 +185,8 @@ pub struct ApiArgs {
     #[arg(long, default_value = "cn-hangzhou", env = "ALIBABA_CLOUD_REGION_ID")]
     pub region: String,
     /// Endpoint URL, overriding --region (plain http only to a loopback host).
-    #[arg(long, value_name = "URL")]
-    pub endpoint: Option<String>,
+    #[arg(long, value_name = "URL", value_parser = parse_endpoint)]
+    pub endpoint: Option<Endpoint>,
     /// Signature version.
     #[arg(long, value_enum, default_value_t = SignatureVersion::V3)]
     pub signature: SignatureVersion,
@@ -199,11 +194,11 @@ pub struct ApiArgs {
     #[arg(long)]
     pub profile: Option<String>,
     /// Connect timeout, seconds.
-    #[arg(long, default_value_t = 5.0, value_name = "SECS")]
-    pub connect_timeout: f64,
+    #[arg(long, default_value = "5", value_name = "SECS", value_parser = parse_timeout)]
+    pub connect_timeout: Duration,
     /// Read timeout, seconds.
-    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
-    pub read_timeout: f64,
+    #[arg(long, default_value = "10", value_name = "SECS", value_parser = parse_timeout)]
+    pub read_timeout: Duration,
     /// Local address to send from (repeatable): each gets its own per-IP budget.
     #[arg(long = "source-address", value_name = "IP")]
     pub source_addresses: Vec<IpAddr>,
@@ -212,22 +207,22 @@ pub struct ApiArgs {
 #[derive(Debug, Args)]
 pub struct PaceArgs {
     /// Account limit per API, calls/s (documented: 500).
-    #[arg(long, default_value_t = 500.0)]
+    #[arg(long, default_value = "500", value_parser = parse_rate_limit)]
     pub account_qps: f64,
     /// Per source address limit, all APIs, calls/s (documented: 300; past it the IP is blocked).
-    #[arg(long, default_value_t = 300.0)]
+    #[arg(long, default_value = "300", value_parser = parse_rate_limit)]
     pub ip_qps: f64,
     /// Kept free under both limits for network jitter: `2%` or `0.02`.
-    #[arg(long, default_value = "2%")]
-    pub headroom: String,
+    #[arg(long, default_value = "2%", value_parser = parse_headroom)]
+    pub headroom: f64,
     /// Token-bucket burst (the pace is lowered by burst − 1 to keep every second under the limit).
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
     pub burst: u32,
     /// Devices in progress at once.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = at_least_one)]
     pub concurrency: usize,
     /// Transient failures per device before it is `failed` (throttling does not count).
-    #[arg(long, default_value_t = 6)]
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_attempts: u32,
     /// Benchmarks only: pace with the textbook `Quota::per_second(limit)` instead.
     #[arg(long, hide = true)]
@@ -237,8 +232,8 @@ pub struct PaceArgs {
 #[derive(Debug, Args)]
 pub struct OutputArgs {
     /// Seconds between plain progress lines when stderr is not a terminal.
-    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
-    pub progress_interval: f64,
+    #[arg(long, default_value = "10", value_name = "SECS", value_parser = parse_progress_interval)]
+    pub progress_interval: Duration,
     /// No progress output.
     #[arg(long)]
     pub quiet: bool,
@@ -266,8 +261,8 @@ pub struct ExportArgs {
     #[arg(long, value_enum, default_value_t = ExportFormat::Csv)]
     pub format: ExportFormat,
     /// States to export, comma-separated (default: the operation's success states).
-    #[arg(long, value_delimiter = ',')]
-    pub state: Vec<String>,
+    #[arg(long, value_delimiter = ',', value_parser = parse_state)]
+    pub state: Vec<ItemState>,
     /// Output file (created 0600), or `-` for standard output.
     #[arg(long, default_value = "-")]
     pub out: PathBuf,
@@ -276,12 +271,122 @@ pub struct ExportArgs {
     pub failures: bool,
     /// Which operation's rows: register, fetch, rotate (credentials), or any operation with
     /// --failures. Exporting rotated rows drops the previous secrets the ledger kept.
-    #[arg(long, default_value = "register")]
-    pub operation: String,
+    #[arg(long, value_enum, default_value_t = OperationName::Register)]
+    pub operation: OperationName,
+}
+
+/// The operations a ledger records, by the name it records them under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OperationName {
+    Register,
+    Fetch,
+    Rotate,
+    Revoke,
+    CertInactivate,
+    CertActivate,
 }
 
 #[derive(Debug, Args)]
 pub struct SimulateArgs {
     #[command(flatten)]
     pub config: SimConfig,
+}
+
+fn parse_endpoint(raw: &str) -> Result<Endpoint, String> {
+    Endpoint::parse(raw).map_err(|e| e.to_string())
+}
+
+/// Seconds as a positive number below a day, at least `min`.
+fn seconds_at_least(raw: &str, min: f64) -> Result<Duration, String> {
+    raw.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite() && *v >= min && *v < 86_400.0)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| format!("'{raw}': give a number of seconds from {min} to 86399"))
+}
+
+fn parse_timeout(raw: &str) -> Result<Duration, String> {
+    seconds_at_least(raw, 0.001)
+}
+
+/// A progress line more often than this would only flood the log.
+fn parse_progress_interval(raw: &str) -> Result<Duration, String> {
+    seconds_at_least(raw, 0.1)
+}
+
+/// `2%` or `0.02`: a fraction below 90 %.
+fn parse_headroom(raw: &str) -> Result<f64, String> {
+    let raw = raw.trim();
+    match raw.strip_suffix('%') {
+        Some(p) => p.trim().parse::<f64>().map(|v| v / 100.0),
+        None => raw.parse::<f64>(),
+    }
+    .ok()
+    .filter(|h| (0.0..0.9).contains(h))
+    .ok_or_else(|| {
+        format!("'{raw}': give a percentage such as 2% (or a fraction such as 0.02), below 90%")
+    })
+}
+
+fn parse_rate_limit(raw: &str) -> Result<f64, String> {
+    raw.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite() && *v >= 1.0)
+        .ok_or_else(|| format!("'{raw}': must be at least 1 call/s"))
+}
+
+fn at_least_one(raw: &str) -> Result<usize, String> {
+    raw.trim()
+        .parse::<usize>()
+        .ok()
+        .filter(|v| *v >= 1)
+        .ok_or_else(|| format!("'{raw}': must be a whole number of at least 1"))
+}
+
+fn parse_state(raw: &str) -> Result<ItemState, String> {
+    ItemState::parse(raw.trim()).ok_or_else(|| {
+        let all: Vec<&str> = ItemState::ALL.iter().map(|s| s.as_str()).collect();
+        format!("'{raw}': states are {}", all.join(", "))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_become_types_or_clear_errors() {
+        assert_eq!(parse_headroom("2%"), Ok(0.02));
+        assert_eq!(parse_headroom("0.4%"), Ok(0.004));
+        assert_eq!(parse_headroom("0.1"), Ok(0.1));
+        assert!(parse_headroom("95%").is_err() && parse_headroom("x").is_err());
+        assert_eq!(parse_timeout("2.5"), Ok(Duration::from_millis(2500)));
+        assert!(parse_timeout("0").is_err() && parse_timeout("nan").is_err());
+        assert!(parse_progress_interval("1e-10").is_err());
+        assert_eq!(parse_state("not_found"), Ok(ItemState::NotFound));
+        assert!(parse_state("done").unwrap_err().contains("registered"));
+        assert!(parse_rate_limit("0.5").is_err());
+        assert!(at_least_one("0").is_err());
+    }
+
+    #[test]
+    fn operation_names_are_the_ledger_names() {
+        let names: Vec<String> = OperationName::value_variants()
+            .iter()
+            .map(|v| v.to_possible_value().unwrap().get_name().to_owned())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "register",
+                "fetch",
+                "rotate",
+                "revoke",
+                "cert-inactivate",
+                "cert-activate"
+            ]
+        );
+    }
 }

@@ -66,6 +66,11 @@ impl ClientId {
         Ok(ClientId(raw.to_owned()))
     }
 
+    /// A ClientId read back from where it was stored after [`ClientId::parse`] accepted it.
+    pub(crate) fn from_stored(raw: &str) -> Self {
+        ClientId(raw.to_owned())
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

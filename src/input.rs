@@ -9,6 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::client_id::ClientId;
+use crate::target::{CertificateId, Target};
 
 /// How ClientIds are found in a file (validated flags, see `cli`).
 #[derive(Debug, Clone, Default)]
@@ -55,8 +56,7 @@ pub fn file_sha256(path: &Path) -> std::io::Result<String> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Row {
     Valid {
-        /// The ClientId, or `<DeviceSn>\t<CaSn>` for a device certificate.
-        target: String,
+        target: Target,
         file: Arc<str>,
         line: u64,
     },
@@ -248,9 +248,9 @@ impl CsvRows {
                     line,
                 })?
                 .trim();
-            return Ok(match certificate_target(value, ca) {
-                Ok(target) => Row::Valid {
-                    target,
+            return Ok(match CertificateId::new(value, ca) {
+                Ok(certificate) => Row::Valid {
+                    target: Target::Certificate(certificate),
                     file: self.file.clone(),
                     line,
                 },
@@ -266,7 +266,7 @@ impl CsvRows {
         };
         Ok(match parsed {
             Ok(client_id) => Row::Valid {
-                target: client_id.as_str().to_owned(),
+                target: Target::Device(client_id),
                 file: self.file.clone(),
                 line,
             },
@@ -306,34 +306,6 @@ impl Iterator for CsvRows {
             }
         }
     }
-}
-
-/// The CaSn limit of the certificate APIs (shared/reference/onsmqtt-api.md §4).
-pub const MAX_CA_SN_BYTES: usize = 128;
-
-/// `<DeviceSn>\t<CaSn>`, checked before any call is spent.
-fn certificate_target(device_sn: &str, ca_sn: &str) -> Result<String, String> {
-    if device_sn.is_empty() {
-        return Err("device_sn is empty".into());
-    }
-    if ca_sn.is_empty() {
-        return Err("ca_sn is empty".into());
-    }
-    if ca_sn.len() > MAX_CA_SN_BYTES {
-        return Err(format!(
-            "ca_sn has {} bytes; at most {MAX_CA_SN_BYTES} are allowed",
-            ca_sn.len()
-        ));
-    }
-    if device_sn.chars().chain(ca_sn.chars()).any(char::is_control) {
-        return Err("device_sn and ca_sn must not contain control characters".into());
-    }
-    Ok(format!("{device_sn}\t{ca_sn}"))
-}
-
-/// Splits a certificate target back into (DeviceSn, CaSn).
-pub fn split_certificate_target(target: &str) -> (&str, &str) {
-    target.split_once('\t').unwrap_or((target, ""))
 }
 
 /// Whether the first line break in the first 64 KiB is CRLF. Reads through a duplicate handle
@@ -391,7 +363,7 @@ mod tests {
     fn valid_ids(rows: &[Row]) -> Vec<(String, u64)> {
         rows.iter()
             .filter_map(|r| match r {
-                Row::Valid { target, line, .. } => Some((target.clone(), *line)),
+                Row::Valid { target, line, .. } => Some((target.key(), *line)),
                 _ => None,
             })
             .collect()
@@ -502,7 +474,7 @@ mod certificate_tests {
             .collect::<Result<_, _>>()
             .unwrap();
         assert!(
-            matches!(&rows[0], Row::Valid { target, .. } if split_certificate_target(target) == ("SN1", "CA1"))
+            matches!(&rows[0], Row::Valid { target: Target::Certificate(c), .. } if (c.device_sn.as_str(), c.ca_sn.as_str()) == ("SN1", "CA1"))
         );
         assert!(matches!(&rows[1], Row::Invalid { reason, .. } if reason == "device_sn is empty"));
         assert!(matches!(&rows[2], Row::Invalid { reason, .. } if reason.contains("129 bytes")));

@@ -1,20 +1,45 @@
 //! mqtt-provision: provisions ApsaraMQ for MQTT device credentials in bulk.
 //!
-//! Data flows one way: CSV ([`input`]) → ledger ([`ledger`]) → dispatcher with pacing and
-//! concurrency ([`pipeline`]) → OnsMqtt API ([`api`]) → outcome → writer → ledger → report
-//! ([`report`]). The simulator ([`sim`]) is the same API seen from the server side; it shares the
-//! client's types and signing code. [`cli`] turns flags into validated plans; [`run`] executes
-//! them and maps every error to a documented exit code.
+//! Data flows one way:
+//!
+//! ```text
+//! CSV ─▶ input ─▶ ingest ─▶ ledger ─▶ pipeline (pacer, worker, operation) ─▶ api ─▶ service
+//!                              ▲                        │
+//!                              └──────── writer ◀───────┘   ledger ─▶ report (summary, status, export)
+//! ```
+//!
+//! The map, by concern:
+//! - the command edge: [`cli`] (clap types and value parsers), [`plan`] (validated plans),
+//!   [`run`] (process context and dispatch), [`commands`] (one module per command family),
+//!   [`exit`] (the exit codes, named once), [`access`] (clients or a rehearsal simulator).
+//! - the domain: [`client_id`] (ClientId rules), [`target`] (what a ledger item is about),
+//!   [`secret`] (strings that never print themselves), [`ca`] (the CA verification certificate).
+//! - the data path: [`input`] (CSV rows), [`ingest`] (rows into the ledger), [`ledger`] (the
+//!   only source of truth of a run), [`pipeline`] (claims, pacing, calls, outcomes, writer),
+//!   [`retry`] (the one backoff policy), [`progress`] (bar or plain lines), [`report`].
+//! - the other side: [`api`] (the OnsMqtt client: signing, typed calls, error classes,
+//!   credentials) and [`sim`] (the simulator: the same API from the server side, sharing the
+//!   client's types and signing code).
+//!
+//! Nothing downstream reaches back upstream: the API client knows nothing of the ledger, the
+//! ledger nothing of HTTP, the pipeline nothing of CSV.
 
+pub mod access;
 pub mod api;
 pub mod ca;
 pub mod cli;
 pub mod client_id;
+pub mod commands;
+pub mod exit;
+pub mod ingest;
 pub mod input;
 pub mod ledger;
 pub mod pipeline;
+pub mod plan;
 pub mod progress;
 pub mod report;
+pub mod retry;
 pub mod run;
 pub mod secret;
 pub mod sim;
+pub mod target;

@@ -15,6 +15,7 @@ use super::actions::*;
 use super::credentials::AccessKey;
 use super::endpoint::Endpoint;
 use super::error::ApiError;
+use super::request::{self, Request};
 use super::sign::{self, SignatureVersion};
 
 /// What the SDK sends as `user-agent`; ours names the tool instead.
@@ -267,13 +268,10 @@ impl OnsMqttClient {
         ))
     }
 
-    /// Sends one call and decodes a 2xx body as `T`.
-    pub async fn call_typed<T: DeserializeOwned>(
-        &self,
-        action: Action,
-        params: &[(&str, &str)],
-    ) -> Result<T, ApiError> {
-        let body = self.call(action, params).await?;
+    /// Sends one call and decodes a 2xx body as its response type.
+    pub async fn send<T: DeserializeOwned>(&self, request: &Request<T>) -> Result<T, ApiError> {
+        let action = request.action();
+        let body = self.call(action, &request.params()).await?;
         serde_json::from_slice(&body).map_err(|e| {
             // A 2xx we cannot read: the call was applied, its result is lost.
             let mut err = ApiError::transport(
@@ -291,11 +289,8 @@ impl OnsMqttClient {
         instance_id: &str,
         client_id: &str,
     ) -> Result<DeviceCredentialResponse, ApiError> {
-        self.call_typed(
-            Action::RegisterDeviceCredential,
-            &[("ClientId", client_id), ("InstanceId", instance_id)],
-        )
-        .await
+        self.send(&request::register_device_credential(instance_id, client_id))
+            .await
     }
 
     pub async fn get_device_credential(
@@ -303,11 +298,8 @@ impl OnsMqttClient {
         instance_id: &str,
         client_id: &str,
     ) -> Result<DeviceCredentialResponse, ApiError> {
-        self.call_typed(
-            Action::GetDeviceCredential,
-            &[("ClientId", client_id), ("InstanceId", instance_id)],
-        )
-        .await
+        self.send(&request::get_device_credential(instance_id, client_id))
+            .await
     }
 
     pub async fn refresh_device_credential(
@@ -315,11 +307,8 @@ impl OnsMqttClient {
         instance_id: &str,
         client_id: &str,
     ) -> Result<DeviceCredentialResponse, ApiError> {
-        self.call_typed(
-            Action::RefreshDeviceCredential,
-            &[("ClientId", client_id), ("InstanceId", instance_id)],
-        )
-        .await
+        self.send(&request::refresh_device_credential(instance_id, client_id))
+            .await
     }
 
     pub async fn unregister_device_credential(
@@ -327,10 +316,10 @@ impl OnsMqttClient {
         instance_id: &str,
         client_id: &str,
     ) -> Result<EmptyResponse, ApiError> {
-        self.call_typed(
-            Action::UnRegisterDeviceCredential,
-            &[("ClientId", client_id), ("InstanceId", instance_id)],
-        )
+        self.send(&request::unregister_device_credential(
+            instance_id,
+            client_id,
+        ))
         .await
     }
 
@@ -341,25 +330,20 @@ impl OnsMqttClient {
         page_size: u32,
         next_token: Option<&str>,
     ) -> Result<ClientIdListResponse, ApiError> {
-        let size = page_size.to_string();
-        let mut params = vec![
-            ("GroupId", group_id),
-            ("InstanceId", instance_id),
-            ("PageSize", size.as_str()),
-        ];
-        if let Some(token) = next_token {
-            params.push(("NextToken", token));
-        }
-        self.call_typed(Action::ListDeviceCredentialClientId, &params)
-            .await
+        self.send(&request::list_device_credential_client_id(
+            instance_id,
+            group_id,
+            page_size,
+            next_token,
+        ))
+        .await
     }
 
     pub async fn get_register_code(
         &self,
         instance_id: &str,
     ) -> Result<RegisterCodeResponse, ApiError> {
-        self.call_typed(Action::GetRegisterCode, &[("MqttInstanceId", instance_id)])
-            .await
+        self.send(&request::get_register_code(instance_id)).await
     }
 
     pub async fn inactivate_device_certificate(
@@ -368,14 +352,11 @@ impl OnsMqttClient {
         device_sn: &str,
         ca_sn: &str,
     ) -> Result<DeviceSnResponse, ApiError> {
-        self.call_typed(
-            Action::InactivateDeviceCertificate,
-            &[
-                ("CaSn", ca_sn),
-                ("DeviceSn", device_sn),
-                ("MqttInstanceId", instance_id),
-            ],
-        )
+        self.send(&request::inactivate_device_certificate(
+            instance_id,
+            device_sn,
+            ca_sn,
+        ))
         .await
     }
 
@@ -385,14 +366,11 @@ impl OnsMqttClient {
         device_sn: &str,
         ca_sn: &str,
     ) -> Result<DeviceSnResponse, ApiError> {
-        self.call_typed(
-            Action::ActiveDeviceCertificate,
-            &[
-                ("CaSn", ca_sn),
-                ("DeviceSn", device_sn),
-                ("MqttInstanceId", instance_id),
-            ],
-        )
+        self.send(&request::active_device_certificate(
+            instance_id,
+            device_sn,
+            ca_sn,
+        ))
         .await
     }
 
@@ -402,14 +380,11 @@ impl OnsMqttClient {
         device_sn: &str,
         ca_sn: &str,
     ) -> Result<DeviceCertificateResponse, ApiError> {
-        self.call_typed(
-            Action::GetDeviceCertificate,
-            &[
-                ("CaSn", ca_sn),
-                ("DeviceSn", device_sn),
-                ("MqttInstanceId", instance_id),
-            ],
-        )
+        self.send(&request::get_device_certificate(
+            instance_id,
+            device_sn,
+            ca_sn,
+        ))
         .await
     }
 
@@ -419,15 +394,11 @@ impl OnsMqttClient {
         page_no: u32,
         page_size: u32,
     ) -> Result<DeviceCertificateListResponse, ApiError> {
-        let (no, size) = (page_no.to_string(), page_size.to_string());
-        self.call_typed(
-            Action::ListDeviceCertificate,
-            &[
-                ("MqttInstanceId", instance_id),
-                ("PageNo", &no),
-                ("PageSize", &size),
-            ],
-        )
+        self.send(&request::list_device_certificate(
+            instance_id,
+            page_no,
+            page_size,
+        ))
         .await
     }
 }

@@ -1,6 +1,7 @@
 //! The OnsMqtt OpenAPI client: signing ([`sign`]), actions and their bodies ([`actions`]),
 //! error classes ([`error`]), the AccessKey chain ([`credentials`]), the endpoint
-//! ([`endpoint`]), the HTTP client ([`client`]) and the device's MQTT login ([`mqtt`]).
+//! ([`endpoint`]), typed calls with each action's parameters ([`request`]), the HTTP client
+//! ([`client`]) and the device's MQTT login ([`mqtt`]).
 //!
 //! It knows nothing of CSV files or ledgers: it sends one call and says what came back.
 
@@ -10,6 +11,7 @@ pub mod credentials;
 pub mod endpoint;
 pub mod error;
 pub mod mqtt;
+pub mod request;
 pub mod sign;
 
 pub use actions::{Action, DeviceCredential};
@@ -17,4 +19,5 @@ pub use client::{ClientConfig, OnsMqttClient};
 pub use credentials::AccessKey;
 pub use endpoint::Endpoint;
 pub use error::{ApiError, ErrorClass};
+pub use request::Request;
 pub use sign::SignatureVersion;

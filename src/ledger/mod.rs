@@ -273,10 +273,10 @@ impl Ledger {
         };
         let now = now_ms();
         let mut tx = self.pool.begin().await.map_err(|e| self.db(e))?;
-        let valid: Vec<(&str, &str, u64)> = rows
+        let valid: Vec<(String, &str, u64)> = rows
             .iter()
             .filter_map(|r| match r {
-                Row::Valid { target, file, line } => Some((target.as_str(), &**file, *line)),
+                Row::Valid { target, file, line } => Some((target.key(), &**file, *line)),
                 Row::Invalid { .. } => None,
             })
             .collect();
@@ -286,7 +286,7 @@ impl Ledger {
             );
             q.push_values(chunk, |mut b, (target, file, line)| {
                 b.push_bind(operation)
-                    .push_bind(*target)
+                    .push_bind(target.as_str())
                     .push_bind("pending")
                     .push_bind(*file)
                     .push_bind(*line as i64)

@@ -12,25 +12,24 @@
 
 pub mod operation;
 pub mod pacer;
+pub mod worker;
 pub mod writer;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use rand::Rng;
-use serde::de::DeserializeOwned;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub use operation::Operation;
 pub use pacer::{PaceConfig, Pacer};
+pub use worker::Worker;
 
-use crate::api::{Action, ApiError, ErrorClass, OnsMqttClient};
+use crate::api::{ApiError, OnsMqttClient};
 use crate::ledger::{ItemState, Ledger, LedgerError, OutcomeRecord, WorkItem};
 use crate::progress::Counters;
-use operation::Attempt;
 
 /// Validated settings of one run.
 #[derive(Debug, Clone)]
@@ -70,154 +69,6 @@ pub struct RunOutcome {
     pub throttled: u64,
 }
 
-pub(crate) enum CallError {
-    Api(ApiError),
-    /// The run is stopping; the call was not sent.
-    Stopped,
-}
-
-/// What every task of a run shares.
-pub struct Worker {
-    plan: RunPlan,
-    clients: Vec<OnsMqttClient>,
-    pacer: Pacer,
-    counters: Arc<Counters>,
-    stop: CancellationToken,
-    halt: Mutex<Option<Halt>>,
-    nonce_reused: AtomicBool,
-}
-
-impl Worker {
-    pub fn instance_id(&self) -> &str {
-        &self.plan.instance_id
-    }
-
-    pub fn max_attempts(&self) -> u32 {
-        self.plan.max_attempts
-    }
-
-    pub fn stopping(&self) -> bool {
-        self.stop.is_cancelled()
-    }
-
-    fn set_halt(&self, halt: Halt) {
-        let mut slot = self.halt.lock().unwrap_or_else(|p| p.into_inner());
-        if slot.is_none() {
-            *slot = Some(halt);
-        }
-        self.stop.cancel();
-    }
-
-    /// Stops the run because of a run-fatal error.
-    pub(crate) fn halt_on(&self, e: ApiError) {
-        if !self.stopping() {
-            tracing::error!("halting: {e}");
-        }
-        match e.class {
-            ErrorClass::QuotaFull => self.set_halt(Halt::QuotaFull(e)),
-            _ => self.set_halt(Halt::Fatal(e)),
-        }
-    }
-
-    /// Full-jitter exponential backoff (base 200 ms, cap 10 s). False if the run stopped meanwhile.
-    pub(crate) async fn backoff(&self, failures: u32) -> bool {
-        let cap = Duration::from_millis(200)
-            .saturating_mul(1 << failures.min(6))
-            .min(Duration::from_secs(10));
-        let delay = cap.mul_f64(rand::thread_rng().r#gen::<f64>());
-        self.sleep(delay).await
-    }
-
-    /// Sleeps unless the run stops first; false if it stopped.
-    async fn sleep(&self, d: Duration) -> bool {
-        tokio::select! {
-            _ = self.stop.cancelled() => false,
-            _ = tokio::time::sleep(d) => true,
-        }
-    }
-
-    /// One paced call. Throttles (wait, slow the pace, try again: not an attempt), blocked
-    /// source addresses (retire, try another) and a first replayed nonce are handled here; every
-    /// other error goes back to the operation, counted as an attempt.
-    pub(crate) async fn call<T: DeserializeOwned>(
-        &self,
-        a: &mut Attempt,
-        action: Action,
-        params: &[(&str, &str)],
-    ) -> Result<T, CallError> {
-        let mut throttles = 0u32;
-        loop {
-            let source = match a.grant.take() {
-                Some(source) => source,
-                None => {
-                    if self.stopping() {
-                        return Err(CallError::Stopped);
-                    }
-                    tokio::select! {
-                        _ = self.stop.cancelled() => return Err(CallError::Stopped),
-                        source = self.pacer.acquire(action) => match source {
-                            Some(s) => s,
-                            None => return Err(CallError::Stopped),
-                        },
-                    }
-                }
-            };
-            self.counters.calls.fetch_add(1, Ordering::Relaxed);
-            let e = match self.clients[source].call_typed::<T>(action, params).await {
-                Ok(v) => return Ok(v),
-                Err(e) => e,
-            };
-            match e.class {
-                ErrorClass::Throttled { retry_after_ms } => {
-                    self.counters.throttled.fetch_add(1, Ordering::Relaxed);
-                    self.pacer.on_throttled();
-                    throttles += 1;
-                    let wait = match retry_after_ms {
-                        Some(ms) => Duration::from_millis(ms),
-                        None => Duration::from_millis(100)
-                            .saturating_mul(1 << throttles.min(7))
-                            .min(Duration::from_secs(10))
-                            .mul_f64(0.5 + rand::thread_rng().r#gen::<f64>() / 2.0),
-                    };
-                    a.last_error = Some(e);
-                    if !self.sleep(wait).await {
-                        return Err(CallError::Stopped);
-                    }
-                }
-                ErrorClass::SourceBlocked => {
-                    let address = self.clients[source]
-                        .source_address()
-                        .map_or_else(|| "the default address".to_owned(), |a| a.to_string());
-                    let (retired, left) = self.pacer.retire_source(source);
-                    if retired {
-                        tracing::error!(
-                            "source address {address} is blocked by the service ({e}); {left} address(es) left"
-                        );
-                    }
-                    if left == 0 {
-                        self.set_halt(Halt::AllSourcesBlocked(e));
-                        return Err(CallError::Stopped);
-                    }
-                }
-                ErrorClass::NonceReused if !self.nonce_reused.swap(true, Ordering::Relaxed) => {
-                    tracing::warn!("{e}; retrying once with a fresh nonce");
-                }
-                _ => {
-                    a.attempts += 1;
-                    if e.class == ErrorClass::NonceReused {
-                        self.halt_on(ApiError {
-                            class: ErrorClass::Fatal,
-                            ..e
-                        });
-                        return Err(CallError::Stopped);
-                    }
-                    return Err(CallError::Api(e));
-                }
-            }
-        }
-    }
-}
-
 /// A task that panicked left its target as claimed (`maybe_applied`), which the next run
 /// reconciles; say so rather than lose the panic.
 fn report_panic(done: Result<(), tokio::task::JoinError>) {
@@ -243,15 +94,12 @@ pub async fn run(
     let operation = plan.operation;
     let op_name = operation.name();
     let stop = CancellationToken::new();
-    let worker = Arc::new(Worker {
-        pacer: Pacer::new(plan.pace, clients.len()),
-        plan: plan.clone(),
+    let worker = Arc::new(Worker::new(
+        plan.clone(),
         clients,
-        counters: counters.clone(),
-        stop: stop.clone(),
-        halt: Mutex::new(None),
-        nonce_reused: AtomicBool::new(false),
-    });
+        counters.clone(),
+        stop.clone(),
+    ));
 
     let (out_tx, out_rx) = mpsc::channel::<OutcomeRecord>(4096);
     let writer = tokio::spawn(writer::run(ledger.clone(), op_name, out_rx, stop.clone()));
@@ -278,7 +126,7 @@ pub async fn run(
     };
 
     // The feeder claims ahead of the dispatcher, so a claim's commit never stalls the pace.
-    let claim_batch = (plan.pace.target_rate(worker.clients.len()) as i64 / 2).clamp(64, 1000);
+    let claim_batch = (plan.pace.target_rate(worker.sources()) as i64 / 2).clamp(64, 1000);
     let (work_tx, mut work_rx) = mpsc::channel::<WorkItem>(claim_batch as usize);
     let feeder = {
         let ledger = ledger.clone();
@@ -323,7 +171,7 @@ pub async fn run(
             _ = stop.cancelled() => { unsent.push(item); break; }
             p = semaphore.clone().acquire_owned() => p.expect("semaphore is never closed"),
         };
-        let first = operation.first_action(&item);
+        let first = operation.first_action(item.maybe_applied);
         let grant = tokio::select! {
             _ = stop.cancelled() => { unsent.push(item); break; }
             g = worker.pacer.acquire(first) => g,
@@ -404,7 +252,7 @@ pub async fn run(
             source: std::io::Error::other(e.to_string()),
         })
     });
-    let mut halt = worker.halt.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let mut halt = worker.take_halt();
     if let Err(e) = writer_result {
         halt = Some(Halt::Ledger(e.to_string()));
     }

@@ -7,13 +7,14 @@
 //! throttling, halts and the ledger are the pipeline's; an operation only decides what its
 //! answers mean.
 
-use crate::api::actions::{Action, DeviceCredentialResponse, DeviceSnResponse, EmptyResponse};
+use crate::api::actions::Action;
+use crate::api::request::{self, Request};
 use crate::api::{ApiError, DeviceCredential, ErrorClass};
-use crate::input::split_certificate_target;
 use crate::ledger::{ItemState, OutcomeRecord, WorkItem};
 use crate::secret::Secret;
+use crate::target::Target;
 
-use super::{CallError, Worker};
+use super::worker::{CallError, Worker};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Operation {
@@ -46,22 +47,6 @@ impl Operation {
         }
     }
 
-    /// The operation a ledger name stands for (`register` without `--check-existing`).
-    pub fn from_name(name: &str) -> Option<Operation> {
-        [
-            Operation::Register {
-                check_existing: false,
-            },
-            Operation::Fetch,
-            Operation::Rotate,
-            Operation::Revoke,
-            Operation::CertInactivate,
-            Operation::CertActivate,
-        ]
-        .into_iter()
-        .find(|o| o.name() == name)
-    }
-
     /// Targets are device certificates (`device_sn, ca_sn`) rather than ClientIds.
     pub fn targets_certificates(self) -> bool {
         matches!(self, Operation::CertInactivate | Operation::CertActivate)
@@ -73,6 +58,14 @@ impl Operation {
     /// the one stored); certificate status changes are idempotent.
     pub fn marks_effect(self) -> bool {
         matches!(self, Operation::Register { .. } | Operation::Revoke)
+    }
+
+    /// Whether its successful targets hold a credential the ledger can export.
+    pub fn leaves_credentials(self) -> bool {
+        matches!(
+            self,
+            Operation::Register { .. } | Operation::Fetch | Operation::Rotate
+        )
     }
 
     /// The states a successful target ends in, which `export` writes by default.
@@ -87,9 +80,23 @@ impl Operation {
         }
     }
 
-    pub fn first_action(self, item: &WorkItem) -> Action {
+    /// The action that changes something: what a destructive run asks confirmation for.
+    pub fn main_action(self) -> Action {
         match self {
-            Operation::Register { check_existing } if check_existing || item.maybe_applied => {
+            Operation::Register { .. } => Action::RegisterDeviceCredential,
+            Operation::Fetch => Action::GetDeviceCredential,
+            Operation::Rotate => Action::RefreshDeviceCredential,
+            Operation::Revoke => Action::UnRegisterDeviceCredential,
+            Operation::CertInactivate => Action::InactivateDeviceCertificate,
+            Operation::CertActivate => Action::ActiveDeviceCertificate,
+        }
+    }
+
+    /// The first action sent for a target (the dispatcher paces it); `maybe_applied` says an
+    /// earlier call of ours may have taken effect, so a Register is reconciled with a Get first.
+    pub fn first_action(self, maybe_applied: bool) -> Action {
+        match self {
+            Operation::Register { check_existing } if check_existing || maybe_applied => {
                 Action::GetDeviceCredential
             }
             Operation::Register { .. } => Action::RegisterDeviceCredential,
@@ -100,21 +107,44 @@ impl Operation {
         }
     }
 
+    /// Works one claimed target to its outcome.
     pub async fn execute(
         self,
         worker: &Worker,
         item: WorkItem,
         grant: Option<usize>,
     ) -> OutcomeRecord {
-        match self {
-            Operation::Register { check_existing } => {
-                register(worker, item, grant, check_existing).await
+        let mut a = Attempt::new(&item, grant);
+        let instance = worker.instance_id();
+        match (self, a.target.clone()) {
+            (Operation::Register { check_existing }, Target::Device(id)) => {
+                register(worker, a, id.as_str(), check_existing).await
             }
-            Operation::Fetch => fetch(worker, item, grant).await,
-            Operation::Rotate => rotate(worker, item, grant).await,
-            Operation::Revoke => revoke(worker, item, grant).await,
-            Operation::CertInactivate | Operation::CertActivate => {
-                certificate(self, worker, item, grant).await
+            (Operation::Fetch, Target::Device(id)) => {
+                let get = request::get_device_credential(instance, id.as_str());
+                match until_done(worker, &mut a, &get).await {
+                    Ok(found) => a.outcome(ItemState::Fetched, Some(&found.device_credential)),
+                    Err(state) => a.outcome(state, None),
+                }
+            }
+            (Operation::Rotate, Target::Device(id)) => rotate(worker, a, id.as_str()).await,
+            (Operation::Revoke, Target::Device(id)) => revoke(worker, a, id.as_str()).await,
+            (Operation::CertInactivate, Target::Certificate(c)) => {
+                let call = request::inactivate_device_certificate(instance, &c.device_sn, &c.ca_sn);
+                certificate(worker, a, &call, ItemState::Inactivated).await
+            }
+            (Operation::CertActivate, Target::Certificate(c)) => {
+                let call = request::active_device_certificate(instance, &c.device_sn, &c.ca_sn);
+                certificate(worker, a, &call, ItemState::Activated).await
+            }
+            // The input of each operation decides its kind of target; a ledger that mixes
+            // them was written by something else, and nothing is sent for such a row.
+            (_, target) => {
+                tracing::error!(
+                    "{}: {target} is not a target of this operation",
+                    self.name()
+                );
+                a.outcome(ItemState::Invalid, None)
             }
         }
     }
@@ -122,7 +152,7 @@ impl Operation {
 
 /// The bookkeeping of one target while it is worked on.
 pub(crate) struct Attempt {
-    pub target: String,
+    pub target: Target,
     pub attempts: i64,
     pub failures: u32,
     pub maybe_applied: bool,
@@ -134,7 +164,7 @@ pub(crate) struct Attempt {
 impl Attempt {
     fn new(item: &WorkItem, grant: Option<usize>) -> Self {
         Attempt {
-            target: item.target.clone(),
+            target: Target::from_key(&item.target),
             attempts: 0,
             failures: 0,
             maybe_applied: item.maybe_applied,
@@ -155,7 +185,7 @@ impl Attempt {
             self.last_error.as_ref()
         };
         OutcomeRecord {
-            target: self.target.clone(),
+            target: self.target.key(),
             state,
             attempts_added: self.attempts,
             maybe_applied: self.maybe_applied,
@@ -212,41 +242,20 @@ async fn common_error(worker: &Worker, a: &mut Attempt, e: CallError) -> Next {
     }
 }
 
-/// `ClientId` and `InstanceId`, the parameters of every credential action.
-fn credential_params<'a>(worker: &'a Worker, client_id: &'a str) -> [(&'static str, &'a str); 2] {
-    [
-        ("ClientId", client_id),
-        ("InstanceId", worker.instance_id()),
-    ]
-}
-
-async fn get_credential(
-    worker: &Worker,
-    a: &mut Attempt,
-    target: &str,
-) -> Result<DeviceCredentialResponse, CallError> {
-    worker
-        .call(
-            a,
-            Action::GetDeviceCredential,
-            &credential_params(worker, target),
-        )
-        .await
-}
-
 async fn register(
     worker: &Worker,
-    item: WorkItem,
-    grant: Option<usize>,
+    mut a: Attempt,
+    client_id: &str,
     check_existing: bool,
 ) -> OutcomeRecord {
-    let mut a = Attempt::new(&item, grant);
+    let get = request::get_device_credential(worker.instance_id(), client_id);
+    let register = request::register_device_credential(worker.instance_id(), client_id);
     // An earlier Register of ours may have worked: ask before ever sending another.
-    let mut reconcile = check_existing || item.maybe_applied;
-    let mut ours = item.maybe_applied;
+    let mut reconcile = check_existing || a.maybe_applied;
+    let mut ours = a.maybe_applied;
     loop {
         if reconcile {
-            match get_credential(worker, &mut a, &item.target).await {
+            match worker.call(&mut a, &get).await {
                 Ok(found) => {
                     a.maybe_applied = false;
                     let state = if ours {
@@ -272,14 +281,7 @@ async fn register(
             return a.outcome(ItemState::Pending, None);
         }
         a.maybe_applied = true;
-        let sent = worker
-            .call::<DeviceCredentialResponse>(
-                &mut a,
-                Action::RegisterDeviceCredential,
-                &credential_params(worker, &item.target),
-            )
-            .await;
-        match sent {
+        match worker.call(&mut a, &register).await {
             Ok(created) => {
                 a.maybe_applied = false;
                 return a.outcome(ItemState::Registered, Some(&created.device_credential));
@@ -313,11 +315,10 @@ async fn register(
 async fn until_done<T: serde::de::DeserializeOwned>(
     worker: &Worker,
     a: &mut Attempt,
-    action: Action,
-    params: &[(&str, &str)],
+    request: &Request<T>,
 ) -> Result<T, ItemState> {
     loop {
-        match worker.call::<T>(a, action, params).await {
+        match worker.call(a, request).await {
             Ok(v) => return Ok(v),
             Err(e) => match common_error(worker, a, e).await {
                 Next::Retry => continue,
@@ -327,65 +328,30 @@ async fn until_done<T: serde::de::DeserializeOwned>(
     }
 }
 
-async fn fetch(worker: &Worker, item: WorkItem, grant: Option<usize>) -> OutcomeRecord {
-    let mut a = Attempt::new(&item, grant);
-    match until_done::<DeviceCredentialResponse>(
-        worker,
-        &mut a,
-        Action::GetDeviceCredential,
-        &credential_params(worker, &item.target),
-    )
-    .await
-    {
-        Ok(found) => a.outcome(ItemState::Fetched, Some(&found.device_credential)),
-        Err(state) => a.outcome(state, None),
-    }
-}
-
-async fn rotate(worker: &Worker, item: WorkItem, grant: Option<usize>) -> OutcomeRecord {
-    let mut a = Attempt::new(&item, grant);
-    let params = credential_params(worker, &item.target);
+async fn rotate(worker: &Worker, mut a: Attempt, client_id: &str) -> OutcomeRecord {
+    let instance = worker.instance_id();
     // The secret being replaced, kept in the ledger until the new one has been exported.
-    match until_done::<DeviceCredentialResponse>(
-        worker,
-        &mut a,
-        Action::GetDeviceCredential,
-        &params,
-    )
-    .await
-    {
+    let get = request::get_device_credential(instance, client_id);
+    match until_done(worker, &mut a, &get).await {
         Ok(current) => a.previous_secret = Some(current.device_credential.device_access_key_secret),
         Err(state) => return a.outcome(state, None),
     }
     // A Refresh whose answer was lost may or may not have rotated; rotating again is harmless,
     // and the secret stored is the one the last answer carried.
-    match until_done::<DeviceCredentialResponse>(
-        worker,
-        &mut a,
-        Action::RefreshDeviceCredential,
-        &params,
-    )
-    .await
-    {
+    let refresh = request::refresh_device_credential(instance, client_id);
+    match until_done(worker, &mut a, &refresh).await {
         Ok(new) => a.outcome(ItemState::Rotated, Some(&new.device_credential)),
         Err(state) => a.outcome(state, None),
     }
 }
 
-async fn revoke(worker: &Worker, item: WorkItem, grant: Option<usize>) -> OutcomeRecord {
-    let mut a = Attempt::new(&item, grant);
+async fn revoke(worker: &Worker, mut a: Attempt, client_id: &str) -> OutcomeRecord {
+    let unregister = request::unregister_device_credential(worker.instance_id(), client_id);
     // An earlier UnRegister of ours that may have worked shows up as "not found": that is ours.
-    let mut ours = item.maybe_applied;
+    let mut ours = a.maybe_applied;
     loop {
         a.maybe_applied = true;
-        let sent = worker
-            .call::<EmptyResponse>(
-                &mut a,
-                Action::UnRegisterDeviceCredential,
-                &credential_params(worker, &item.target),
-            )
-            .await;
-        match sent {
+        match worker.call(&mut a, &unregister).await {
             Ok(_) => {
                 a.maybe_applied = false;
                 return a.outcome(ItemState::Revoked, None);
@@ -407,24 +373,14 @@ async fn revoke(worker: &Worker, item: WorkItem, grant: Option<usize>) -> Outcom
     }
 }
 
-async fn certificate(
-    operation: Operation,
+/// Inactivate or activate one device certificate: idempotent, so a plain call until done.
+async fn certificate<T: serde::de::DeserializeOwned>(
     worker: &Worker,
-    item: WorkItem,
-    grant: Option<usize>,
+    mut a: Attempt,
+    call: &Request<T>,
+    done: ItemState,
 ) -> OutcomeRecord {
-    let mut a = Attempt::new(&item, grant);
-    let (device_sn, ca_sn) = split_certificate_target(&item.target);
-    let (action, done) = match operation {
-        Operation::CertActivate => (Action::ActiveDeviceCertificate, ItemState::Activated),
-        _ => (Action::InactivateDeviceCertificate, ItemState::Inactivated),
-    };
-    let params = [
-        ("CaSn", ca_sn),
-        ("DeviceSn", device_sn),
-        ("MqttInstanceId", worker.instance_id()),
-    ];
-    match until_done::<DeviceSnResponse>(worker, &mut a, action, &params).await {
+    match until_done(worker, &mut a, call).await {
         Ok(_) => a.outcome(done, None),
         Err(state) => a.outcome(state, None),
     }

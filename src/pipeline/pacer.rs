@@ -11,15 +11,63 @@
 //! (crates.md §1: `Quota::per_second(500)` lets 999 through). So each bucket runs at
 //! R = T − (B − 1) with a small B, where T = limit × (1 − headroom): no sliding second may hold
 //! more than T grants, and B ≥ 2 lets a late timer catch up so the rate stays ≥ 99 % of T.
+//!
+//! Every bucket reads tokio's clock ([`TokioClock`]) and waits with `tokio::time::sleep`, so the
+//! pacer's tests run on paused time and assert exact grant counts instead of sleeping.
 
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use governor::clock::Clock;
+use governor::middleware::NoOpMiddleware;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
+use tokio::time::Instant;
 
 use crate::api::Action;
+
+/// governor's clock on tokio's time: `now` is the time since the clock was made, so paused and
+/// advanced time in tests moves the buckets as it moves every other timer.
+#[derive(Debug, Clone, Copy)]
+pub struct TokioClock {
+    start: Instant,
+}
+
+impl TokioClock {
+    pub fn new() -> Self {
+        TokioClock {
+            start: Instant::now(),
+        }
+    }
+}
+
+impl Default for TokioClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clock for TokioClock {
+    type Instant = Duration;
+
+    fn now(&self) -> Duration {
+        self.start.elapsed()
+    }
+}
+
+type Bucket = RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<Duration>>;
+
+/// Waits until `bucket` grants a cell, sleeping on tokio's timer.
+async fn until_ready(bucket: &Bucket, clock: &TokioClock) {
+    loop {
+        match bucket.check() {
+            Ok(()) => return,
+            Err(not_until) => tokio::time::sleep(not_until.wait_time_from(clock.now())).await,
+        }
+    }
+}
 
 /// Validated pacing settings.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -72,12 +120,18 @@ impl PaceConfig {
     }
 }
 
-fn limiter(rate: f64, burst: u32) -> DefaultDirectRateLimiter {
+fn limiter(rate: f64, burst: u32, clock: TokioClock) -> Bucket {
     let period = Duration::from_secs_f64(1.0 / rate.max(0.001));
     let quota = Quota::with_period(period)
         .expect("period is positive")
         .allow_burst(NonZeroU32::new(burst.max(1)).expect("burst ≥ 1"));
-    RateLimiter::direct(quota)
+    RateLimiter::direct_with_clock(quota, clock)
+}
+
+/// The textbook `Quota::per_second(limit)`: burst = limit (benchmarks only).
+fn textbook_limiter(limit: f64, clock: TokioClock) -> Bucket {
+    let quota = Quota::per_second(NonZeroU32::new(limit.max(1.0) as u32).expect("≥ 1"));
+    RateLimiter::direct_with_clock(quota, clock)
 }
 
 /// The adaptive bucket steers the pace; the per-API and per-source buckets are the caps. At full
@@ -129,55 +183,59 @@ impl Adaptive {
 
 pub struct Pacer {
     config: PaceConfig,
-    per_api: Vec<DefaultDirectRateLimiter>,
-    per_source: Vec<DefaultDirectRateLimiter>,
+    clock: TokioClock,
+    per_api: Vec<Bucket>,
+    per_source: Vec<Bucket>,
     source_active: Vec<AtomicBool>,
     next_source: AtomicUsize,
-    global: RwLock<Arc<DefaultDirectRateLimiter>>,
+    global: RwLock<Arc<Bucket>>,
     adaptive: Mutex<Adaptive>,
 }
 
 impl Pacer {
     pub fn new(config: PaceConfig, sources: usize) -> Self {
         let sources = sources.max(1);
-        if config.textbook {
-            let per_second = |limit: f64| {
-                RateLimiter::direct(Quota::per_second(
-                    NonZeroU32::new(limit.max(1.0) as u32).expect("≥ 1"),
-                ))
-            };
-            return Pacer {
-                config,
-                per_api: Action::ALL
+        let clock = TokioClock::new();
+        let (per_api, per_source, global): (Vec<Bucket>, Vec<Bucket>, Bucket) = if config.textbook {
+            (
+                Action::ALL
                     .iter()
-                    .map(|_| per_second(config.account_qps))
+                    .map(|_| textbook_limiter(config.account_qps, clock))
                     .collect(),
-                per_source: (0..sources).map(|_| per_second(config.ip_qps)).collect(),
-                source_active: (0..sources).map(|_| AtomicBool::new(true)).collect(),
-                next_source: AtomicUsize::new(0),
-                global: RwLock::new(Arc::new(per_second(
+                (0..sources)
+                    .map(|_| textbook_limiter(config.ip_qps, clock))
+                    .collect(),
+                textbook_limiter(
                     config.account_qps.max(config.ip_qps * sources as f64),
-                ))),
-                adaptive: Mutex::new(Adaptive::new()),
-            };
-        }
-        let api_rate = config.rate_for(config.account_ceiling());
-        let ip_rate = config.rate_for(config.ip_ceiling());
+                    clock,
+                ),
+            )
+        } else {
+            let api_rate = config.rate_for(config.account_ceiling());
+            let ip_rate = config.rate_for(config.ip_ceiling());
+            (
+                Action::ALL
+                    .iter()
+                    .map(|_| limiter(api_rate, config.burst, clock))
+                    .collect(),
+                (0..sources)
+                    .map(|_| limiter(ip_rate, config.burst, clock))
+                    .collect(),
+                limiter(
+                    config.target_rate(sources) * GLOBAL_SLACK,
+                    config.burst,
+                    clock,
+                ),
+            )
+        };
         Pacer {
             config,
-            per_api: Action::ALL
-                .iter()
-                .map(|_| limiter(api_rate, config.burst))
-                .collect(),
-            per_source: (0..sources)
-                .map(|_| limiter(ip_rate, config.burst))
-                .collect(),
+            clock,
+            per_api,
+            per_source,
             source_active: (0..sources).map(|_| AtomicBool::new(true)).collect(),
             next_source: AtomicUsize::new(0),
-            global: RwLock::new(Arc::new(limiter(
-                config.target_rate(sources) * GLOBAL_SLACK,
-                config.burst,
-            ))),
+            global: RwLock::new(Arc::new(global)),
             adaptive: Mutex::new(Adaptive::new()),
         }
     }
@@ -211,15 +269,15 @@ impl Pacer {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        global.until_ready().await;
-        self.per_api[action.index()].until_ready().await;
+        until_ready(&global, &self.clock).await;
+        until_ready(&self.per_api[action.index()], &self.clock).await;
         loop {
             let n = self.per_source.len();
             let start = self.next_source.fetch_add(1, Ordering::Relaxed);
             let idx = (0..n)
                 .map(|k| (start + k) % n)
                 .find(|&i| self.source_active[i].load(Ordering::Relaxed))?;
-            self.per_source[idx].until_ready().await;
+            until_ready(&self.per_source[idx], &self.clock).await;
             if self.source_active[idx].load(Ordering::Relaxed) {
                 return Some(idx);
             }
@@ -279,7 +337,7 @@ impl Pacer {
         }
         let rate = self.current_rate() * GLOBAL_SLACK;
         *self.global.write().unwrap_or_else(|p| p.into_inner()) =
-            Arc::new(limiter(rate, self.config.burst));
+            Arc::new(limiter(rate, self.config.burst, self.clock));
     }
 }
 
@@ -324,56 +382,97 @@ mod tests {
         assert!((a.recovered(1.0) - 0.72).abs() < 1e-9);
     }
 
-    /// Grants for 2.5 s, as seen by the caller: (largest sliding second, steady rate/s).
-    async fn observed(config: PaceConfig) -> (usize, f64) {
+    /// Grant times over `secs` seconds of paused time, as the caller sees them.
+    async fn grants(config: PaceConfig, secs: u64) -> Vec<Duration> {
         let p = Pacer::new(config, 1);
         let started = Instant::now();
         let mut grants = Vec::new();
-        while started.elapsed() < Duration::from_millis(2500) {
+        while started.elapsed() < Duration::from_secs(secs) {
             p.acquire(Action::RegisterDeviceCredential).await.unwrap();
-            grants.push(Instant::now());
+            grants.push(started.elapsed());
         }
+        grants
+    }
+
+    /// The most grants in any sliding second `[t, t + 1 s)`.
+    fn largest_second(grants: &[Duration]) -> usize {
         let mut max = 0;
         let mut j = 0;
         for i in 0..grants.len() {
-            while grants[i].duration_since(grants[j]) >= Duration::from_secs(1) {
+            while grants[i] - grants[j] >= Duration::from_secs(1) {
                 j += 1;
             }
             max = max.max(i - j + 1);
         }
-        let steady = grants
-            .iter()
-            .filter(|g| g.duration_since(started) >= Duration::from_millis(500))
-            .count() as f64
-            / 2.0;
-        (max, steady)
+        max
     }
 
-    /// The bucket admits at most the ceiling (200) in any second of its own clock. The caller
-    /// stamps a grant only when it gets to run, so a grant delivered late by a busy scheduler can
-    /// bunch one more into a window: that, and network jitter, is what `--headroom` is for. The
-    /// textbook quota under the same measurement puts about twice the limit into its first second.
-    #[tokio::test]
+    /// A per-address ceiling of 101 calls: the bucket runs at 100/s with burst 2, so the first
+    /// two grants leave at once and one every 10 ms follows. On paused time the counts are exact.
+    #[tokio::test(start_paused = true)]
     async fn no_sliding_second_exceeds_the_ceiling() {
         let careful = PaceConfig {
             account_qps: 1000.0,
-            ip_qps: 200.0,
+            ip_qps: 101.0,
             headroom: 0.0,
             burst: 2,
             textbook: false,
         };
-        let (max, steady) = observed(careful).await;
-        assert!(max <= 201, "max window {max}");
-        // A sanity floor only: the benchmarks measure the real ratio at the server.
-        assert!(steady >= 0.8 * 199.0, "steady rate {steady}");
-        let (textbook_max, _) = observed(PaceConfig {
-            textbook: true,
-            ..careful
-        })
+        let g = grants(careful, 10).await;
+        assert_eq!(&g[..2], &[Duration::ZERO, Duration::ZERO], "the burst");
+        assert_eq!(largest_second(&g), 101, "never above the ceiling");
+        // 10 s at 100/s plus the burst's extra cell; the last grant may fall on the 10 s mark.
+        assert!((1001..=1002).contains(&g.len()), "{} grants", g.len());
+        let steady = g.iter().filter(|t| **t >= Duration::from_secs(1)).count();
+        assert!((900..=901).contains(&steady), "steady {steady}");
+        // The textbook quota (burst = limit) puts almost twice the limit into its first second.
+        let textbook = grants(
+            PaceConfig {
+                textbook: true,
+                ..careful
+            },
+            3,
+        )
         .await;
         assert!(
-            textbook_max >= 350,
-            "the textbook quota overshoots: {textbook_max}"
+            largest_second(&textbook) >= 200,
+            "the textbook quota overshoots: {}",
+            largest_second(&textbook)
+        );
+    }
+
+    /// A throttle cuts the pace to 70 % at once; two quiet seconds later it is back at 90 %.
+    #[tokio::test(start_paused = true)]
+    async fn a_throttle_slows_the_grants_and_quiet_brings_them_back() {
+        let config = PaceConfig {
+            account_qps: 1000.0,
+            ip_qps: 1000.0,
+            headroom: 0.0,
+            burst: 2,
+            textbook: false,
+        };
+        let p = Pacer::new(config, 1);
+        let count_for = async |p: &Pacer, d: Duration| {
+            let until = Instant::now() + d;
+            let mut n = 0;
+            while Instant::now() < until {
+                p.acquire(Action::GetDeviceCredential).await.unwrap();
+                n += 1;
+            }
+            n
+        };
+        let full = count_for(&p, Duration::from_secs(2)).await;
+        p.on_throttled();
+        let slowed = count_for(&p, Duration::from_secs(2)).await;
+        let ratio = slowed as f64 / full as f64;
+        assert!((0.68..=0.72).contains(&ratio), "{slowed}/{full}");
+        // Two quiet seconds at the fast regain (0.10/s) reach 90 % of the refused pace.
+        p.tick();
+        let target = config.target_rate(1);
+        assert!(
+            (p.current_rate() - 0.9 * target).abs() < 1e-6,
+            "{} of {target}",
+            p.current_rate()
         );
     }
 }

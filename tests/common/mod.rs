@@ -64,10 +64,10 @@ pub async fn run_cli(args: &[&str], context: &RunContext) -> i32 {
     )
     .expect("test arguments parse");
     match run::execute(cli, context).await {
-        Ok(code) => code,
+        Ok(code) => code.code(),
         Err(f) => {
             eprintln!("command failed: {:#}", f.error);
-            f.code
+            f.code.code()
         }
     }
 }

@@ -1,0 +1,99 @@
+//! Access for a command: the cloud (the plan's endpoint, the AccessKey from the credential
+//! chain) or, for a rehearsal, an in-process simulator; then one client per source address.
+//!
+//! It builds connections and nothing else: it never sends a call, never touches a ledger, and
+//! never logs a secret (only the AccessKey's id).
+
+use std::time::Duration;
+
+use anyhow::anyhow;
+
+use crate::api::credentials::{self, AccessKey};
+use crate::api::{ClientConfig, Endpoint, OnsMqttClient};
+use crate::exit::Failure;
+use crate::plan::AccessPlan;
+use crate::run::RunContext;
+use crate::sim::{self, Latency, SimConfig};
+
+/// The clients of a command, and the simulator they talk to under `--simulate` (stopped by
+/// [`Access::close`]).
+pub struct Access {
+    pub clients: Vec<OnsMqttClient>,
+    simulator: Option<sim::SimHandle>,
+}
+
+impl Access {
+    pub async fn connect(plan: &AccessPlan, context: &RunContext) -> Result<Access, Failure> {
+        let (simulator, endpoint, key) = if plan.simulate {
+            let (handle, endpoint, key) = rehearsal(&plan.instance_id).await?;
+            (Some(handle), endpoint, key)
+        } else {
+            let endpoint = plan
+                .endpoint
+                .clone()
+                .expect("a plan outside a rehearsal has an endpoint");
+            (None, endpoint, cloud_key(plan, context)?)
+        };
+        let mut config = ClientConfig::new(endpoint);
+        config.signature = plan.signature;
+        config.connect_timeout = plan.connect_timeout;
+        config.read_timeout = plan.read_timeout;
+        let clients = plan
+            .source_addresses
+            .iter()
+            .map(|&source| {
+                let mut c = config.clone();
+                c.source_address = source;
+                OnsMqttClient::new(c, key.clone())
+                    .map_err(|e| Failure::usage(anyhow!("cannot build the HTTP client: {e}")))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Access { clients, simulator })
+    }
+
+    /// The first client, for the single-call commands.
+    pub fn client(&self) -> &OnsMqttClient {
+        &self.clients[0]
+    }
+
+    /// Stops the in-process simulator, if there is one.
+    pub async fn close(self) {
+        if let Some(sim) = self.simulator {
+            sim.stop().await;
+        }
+    }
+}
+
+/// The AccessKey for real calls, from the credential chain.
+fn cloud_key(plan: &AccessPlan, context: &RunContext) -> Result<AccessKey, Failure> {
+    let (key, source) = credentials::resolve(
+        plan.profile.as_deref(),
+        &*context.env,
+        context.home.as_deref(),
+    )
+    .map_err(Failure::usage)?;
+    tracing::info!("credentials from {source:?}, access key id {}", key.id);
+    Ok(key)
+}
+
+/// An in-process simulator for `instance_id`, with a realistic latency, and its key.
+async fn rehearsal(instance_id: &str) -> Result<(sim::SimHandle, Endpoint, AccessKey), Failure> {
+    let config = SimConfig {
+        instances: vec![instance_id.to_owned()],
+        latency: Latency::LogNormal {
+            median: Duration::from_millis(80),
+            sigma: 0.5,
+        },
+        ..SimConfig::default()
+    };
+    let handle = sim::start(config)
+        .await
+        .map_err(|e| Failure::usage(anyhow!("cannot start the built-in simulator: {e}")))?;
+    println!(
+        "rehearsal: built-in simulator at {} (instance {instance_id}); no cloud account is used",
+        handle.endpoint()
+    );
+    let endpoint = Endpoint::parse(&handle.endpoint()).map_err(Failure::usage)?;
+    let key = handle.keys[0].clone();
+    Ok((handle, endpoint, key))
+}

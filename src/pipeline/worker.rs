@@ -1,0 +1,185 @@
+//! The worker: what every target's task of a run shares — the plan, the clients (one per source
+//! address), the pacer, the live counters and the stop signal — and the one paced call every
+//! operation sends through.
+//!
+//! A call here waits for the pacer, is signed and sent by the client, and comes back as the
+//! response or as a [`CallError`]. Throttles (wait, slow the pace, try again: not an attempt),
+//! blocked source addresses (retire, try another) and a first replayed nonce are settled here;
+//! every other error goes back to the operation, counted as an attempt. It never touches the
+//! ledger: outcomes go to the writer.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use tokio_util::sync::CancellationToken;
+
+use super::operation::Attempt;
+use super::{Halt, Pacer, RunPlan};
+use crate::api::{ApiError, ErrorClass, OnsMqttClient, Request};
+use crate::progress::Counters;
+use crate::retry::{self, Backoff};
+
+pub(crate) enum CallError {
+    Api(ApiError),
+    /// The run is stopping; the call was not sent.
+    Stopped,
+}
+
+pub struct Worker {
+    plan: RunPlan,
+    clients: Vec<OnsMqttClient>,
+    pub(crate) pacer: Pacer,
+    pub(crate) counters: Arc<Counters>,
+    stop: CancellationToken,
+    halt: Mutex<Option<Halt>>,
+    nonce_reused: AtomicBool,
+}
+
+impl Worker {
+    pub(crate) fn new(
+        plan: RunPlan,
+        clients: Vec<OnsMqttClient>,
+        counters: Arc<Counters>,
+        stop: CancellationToken,
+    ) -> Self {
+        Worker {
+            pacer: Pacer::new(plan.pace, clients.len()),
+            plan,
+            clients,
+            counters,
+            stop,
+            halt: Mutex::new(None),
+            nonce_reused: AtomicBool::new(false),
+        }
+    }
+
+    pub fn instance_id(&self) -> &str {
+        &self.plan.instance_id
+    }
+
+    pub fn max_attempts(&self) -> u32 {
+        self.plan.max_attempts
+    }
+
+    pub fn sources(&self) -> usize {
+        self.clients.len()
+    }
+
+    pub fn stopping(&self) -> bool {
+        self.stop.is_cancelled()
+    }
+
+    pub(crate) fn set_halt(&self, halt: Halt) {
+        let mut slot = self.halt.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            *slot = Some(halt);
+        }
+        self.stop.cancel();
+    }
+
+    /// Why the run stopped early, if it did.
+    pub(crate) fn take_halt(&self) -> Option<Halt> {
+        self.halt.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    /// Stops the run because of a run-fatal error.
+    pub(crate) fn halt_on(&self, e: ApiError) {
+        if !self.stopping() {
+            tracing::error!("halting: {e}");
+        }
+        match e.class {
+            ErrorClass::QuotaFull => self.set_halt(Halt::QuotaFull(e)),
+            _ => self.set_halt(Halt::Fatal(e)),
+        }
+    }
+
+    /// Waits out the backoff after the `failures`-th transient failure of a target. False if
+    /// the run stopped meanwhile.
+    pub(crate) async fn backoff(&self, failures: u32) -> bool {
+        self.sleep(Backoff::TRANSIENT.delay(failures, rand::random()))
+            .await
+    }
+
+    /// Sleeps unless the run stops first; false if it stopped.
+    async fn sleep(&self, d: Duration) -> bool {
+        tokio::select! {
+            _ = self.stop.cancelled() => false,
+            _ = tokio::time::sleep(d) => true,
+        }
+    }
+
+    /// One paced call of `request` for the target `a` works on.
+    pub(crate) async fn call<T: DeserializeOwned>(
+        &self,
+        a: &mut Attempt,
+        request: &Request<T>,
+    ) -> Result<T, CallError> {
+        let mut throttles = 0u32;
+        loop {
+            let source = match a.grant.take() {
+                Some(source) => source,
+                None => {
+                    if self.stopping() {
+                        return Err(CallError::Stopped);
+                    }
+                    tokio::select! {
+                        _ = self.stop.cancelled() => return Err(CallError::Stopped),
+                        source = self.pacer.acquire(request.action()) => match source {
+                            Some(s) => s,
+                            None => return Err(CallError::Stopped),
+                        },
+                    }
+                }
+            };
+            self.counters.calls.fetch_add(1, Ordering::Relaxed);
+            let e = match self.clients[source].send(request).await {
+                Ok(v) => return Ok(v),
+                Err(e) => e,
+            };
+            match e.class {
+                ErrorClass::Throttled { retry_after_ms } => {
+                    self.counters.throttled.fetch_add(1, Ordering::Relaxed);
+                    self.pacer.on_throttled();
+                    throttles += 1;
+                    let wait = retry::throttle_wait(retry_after_ms, throttles, rand::random());
+                    a.last_error = Some(e);
+                    if !self.sleep(wait).await {
+                        return Err(CallError::Stopped);
+                    }
+                }
+                ErrorClass::SourceBlocked => {
+                    let address = self.clients[source]
+                        .source_address()
+                        .map_or_else(|| "the default address".to_owned(), |a| a.to_string());
+                    let (retired, left) = self.pacer.retire_source(source);
+                    if retired {
+                        tracing::error!(
+                            "source address {address} is blocked by the service ({e}); {left} address(es) left"
+                        );
+                    }
+                    if left == 0 {
+                        self.set_halt(Halt::AllSourcesBlocked(e));
+                        return Err(CallError::Stopped);
+                    }
+                }
+                ErrorClass::NonceReused if !self.nonce_reused.swap(true, Ordering::Relaxed) => {
+                    tracing::warn!("{e}; retrying once with a fresh nonce");
+                }
+                _ => {
+                    a.attempts += 1;
+                    if e.class == ErrorClass::NonceReused {
+                        self.halt_on(ApiError {
+                            class: ErrorClass::Fatal,
+                            ..e
+                        });
+                        return Err(CallError::Stopped);
+                    }
+                    return Err(CallError::Api(e));
+                }
+            }
+        }
+    }
+}

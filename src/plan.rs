@@ -1,0 +1,247 @@
+//! Validated plans: the raw arguments of [`crate::cli`] turned, once, into what a command will
+//! do (ripgrep's low and high arguments). Each flag was already parsed into its type by clap's
+//! value parsers; a plan checks what only the combination can tell (an instance unless
+//! `--simulate`, a burst that fits under the ceiling, an operation that leaves credentials) and
+//! fixes the defaults. Nothing downstream re-checks a flag.
+//!
+//! A plan reads nothing but its arguments: no file, no network, no ledger.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::anyhow;
+
+use crate::api::{Endpoint, SignatureVersion};
+use crate::cli::{
+    ApiArgs, ExportArgs, ExportFormat, OperationName, OutputArgs, PaceArgs, RunArgs, SingleCallArgs,
+};
+use crate::client_id::ClientId;
+use crate::exit::Failure;
+use crate::input::InputSpec;
+use crate::ledger::ItemState;
+use crate::pipeline::{Operation, PaceConfig, RunPlan};
+use crate::progress::ProgressMode;
+use crate::sim;
+
+/// Where calls go and how they are made.
+#[derive(Debug, Clone)]
+pub struct AccessPlan {
+    pub instance_id: String,
+    /// Rehearse against an in-process simulator instead of the cloud.
+    pub simulate: bool,
+    /// The cloud endpoint (unused under `--simulate`).
+    pub endpoint: Option<Endpoint>,
+    pub signature: SignatureVersion,
+    pub profile: Option<String>,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    /// One client per entry; `None` is the host's default address.
+    pub source_addresses: Vec<Option<IpAddr>>,
+}
+
+impl AccessPlan {
+    fn new(instance_id: &Option<String>, simulate: bool, api: &ApiArgs) -> Result<Self, Failure> {
+        let instance_id = match (instance_id, simulate) {
+            (Some(id), _) if id.trim().is_empty() => {
+                return Err(Failure::usage(anyhow!("--instance-id must not be empty")));
+            }
+            (Some(id), _) => id.clone(),
+            (None, true) => sim::DEFAULT_INSTANCE_ID.to_owned(),
+            (None, false) => {
+                return Err(Failure::usage(anyhow!(
+                    "--instance-id is required (or --simulate to rehearse against the built-in simulator)"
+                )));
+            }
+        };
+        let endpoint = if simulate {
+            None
+        } else {
+            Some(match &api.endpoint {
+                Some(endpoint) => endpoint.clone(),
+                None => Endpoint::for_region(&api.region).map_err(Failure::usage)?,
+            })
+        };
+        let source_addresses = if api.source_addresses.is_empty() {
+            vec![None]
+        } else {
+            api.source_addresses.iter().copied().map(Some).collect()
+        };
+        Ok(AccessPlan {
+            instance_id,
+            simulate,
+            endpoint,
+            signature: api.signature,
+            profile: api.profile.clone(),
+            connect_timeout: api.connect_timeout,
+            read_timeout: api.read_timeout,
+            source_addresses,
+        })
+    }
+
+    /// How long calls in flight may take to finish once a run stops: one whole call.
+    pub fn drain_timeout(&self) -> Duration {
+        self.connect_timeout + self.read_timeout + Duration::from_secs(2)
+    }
+}
+
+/// A bulk command (`register`, `fetch`, `rotate`, `revoke`, `cert inactivate|activate`).
+#[derive(Debug, Clone)]
+pub struct BulkPlan {
+    pub operation: Operation,
+    pub files: Vec<PathBuf>,
+    pub input: InputSpec,
+    pub ledger: PathBuf,
+    pub dry_run: bool,
+    pub access: AccessPlan,
+    pub pace: PaceConfig,
+    pub concurrency: usize,
+    pub max_attempts: u32,
+    pub progress: ProgressMode,
+    /// `Some(yes)` for a destructive command, which must be confirmed.
+    pub confirm: Option<bool>,
+}
+
+impl BulkPlan {
+    pub fn new(
+        args: RunArgs,
+        operation: Operation,
+        confirm: Option<bool>,
+        stderr_is_terminal: bool,
+    ) -> Result<Self, Failure> {
+        let input = InputSpec {
+            column: args.input.column,
+            group_id: args.input.group_id,
+            no_header: args.input.no_header,
+            certificates: operation.targets_certificates(),
+        };
+        if let Some(group) = &input.group_id {
+            ClientId::compose(group, "x")
+                .map_err(|e| Failure::usage(anyhow!("--group-id '{group}': {e}")))?;
+        }
+        Ok(BulkPlan {
+            operation,
+            access: AccessPlan::new(&args.instance_id, args.simulate, &args.api)?,
+            files: args.files,
+            input,
+            ledger: args.ledger.ledger,
+            dry_run: args.dry_run,
+            pace: pace(&args.pace)?,
+            concurrency: args.pace.concurrency,
+            max_attempts: args.pace.max_attempts,
+            progress: progress(&args.output, stderr_is_terminal),
+            confirm,
+        })
+    }
+
+    /// What the pipeline needs of the plan.
+    pub fn run_plan(&self) -> RunPlan {
+        RunPlan {
+            operation: self.operation,
+            instance_id: self.access.instance_id.clone(),
+            pace: self.pace,
+            concurrency: self.concurrency,
+            max_attempts: self.max_attempts,
+            drain_timeout: self.access.drain_timeout(),
+        }
+    }
+
+    /// Source addresses the run sends from.
+    pub fn sources(&self) -> usize {
+        self.access.source_addresses.len()
+    }
+}
+
+fn pace(args: &PaceArgs) -> Result<PaceConfig, Failure> {
+    let config = PaceConfig {
+        account_qps: args.account_qps,
+        ip_qps: args.ip_qps,
+        headroom: args.headroom,
+        burst: args.burst,
+        textbook: args.textbook_pacer,
+    };
+    if config.ip_ceiling() < f64::from(args.burst) {
+        return Err(Failure::usage(anyhow!(
+            "--burst {} is larger than the per-second ceiling; lower it",
+            args.burst
+        )));
+    }
+    Ok(config)
+}
+
+/// The progress policy: decided here from the flags and whether stderr is a terminal, never
+/// queried deeper down.
+fn progress(args: &OutputArgs, stderr_is_terminal: bool) -> ProgressMode {
+    if args.quiet {
+        ProgressMode::Off
+    } else if stderr_is_terminal {
+        ProgressMode::Bar
+    } else {
+        ProgressMode::Lines(args.progress_interval)
+    }
+}
+
+/// A command of one or a few calls and no ledger (`ca …`, `cert list`).
+pub fn single_call(args: &SingleCallArgs) -> Result<AccessPlan, Failure> {
+    AccessPlan::new(&args.instance_id, args.simulate, &args.api)
+}
+
+/// The operation a ledger records under `name` (`register` as without `--check-existing`).
+pub fn operation(name: OperationName) -> Operation {
+    match name {
+        OperationName::Register => Operation::Register {
+            check_existing: false,
+        },
+        OperationName::Fetch => Operation::Fetch,
+        OperationName::Rotate => Operation::Rotate,
+        OperationName::Revoke => Operation::Revoke,
+        OperationName::CertInactivate => Operation::CertInactivate,
+        OperationName::CertActivate => Operation::CertActivate,
+    }
+}
+
+/// What `export` writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExportSelection {
+    /// Credentials of targets in these states.
+    Credentials { states: Vec<ItemState> },
+    /// Every target that did not succeed, and every invalid input row.
+    Failures,
+}
+
+#[derive(Debug, Clone)]
+pub struct ExportPlan {
+    pub ledger: PathBuf,
+    pub operation: Operation,
+    pub selection: ExportSelection,
+    pub json: bool,
+    /// `None` is standard output.
+    pub out: Option<PathBuf>,
+}
+
+impl ExportPlan {
+    pub fn new(args: ExportArgs) -> Result<Self, Failure> {
+        let operation = operation(args.operation);
+        let selection = if args.failures {
+            ExportSelection::Failures
+        } else if !operation.leaves_credentials() {
+            return Err(Failure::usage(anyhow!(
+                "{} leaves no credentials to export; use --failures",
+                operation.name()
+            )));
+        } else if args.state.is_empty() {
+            ExportSelection::Credentials {
+                states: operation.success_states().to_vec(),
+            }
+        } else {
+            ExportSelection::Credentials { states: args.state }
+        };
+        Ok(ExportPlan {
+            ledger: args.ledger.ledger,
+            operation,
+            selection,
+            json: args.format == ExportFormat::Json,
+            out: (args.out.as_os_str() != "-").then_some(args.out),
+        })
+    }
+}

@@ -1,0 +1,143 @@
+//! `status`: counts per state, errors by code with an example each, and the last run, as text
+//! or JSON; the same per-operation block opens the summary and the dry-run plan.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::ledger::{ErrorGroup, ItemState, Ledger, LedgerError};
+
+/// Counts per state and errors of one operation of a ledger.
+#[derive(Debug, Clone, Serialize)]
+pub struct OperationStatus {
+    pub operation: String,
+    pub counts: BTreeMap<String, i64>,
+    pub errors: Vec<ErrorGroup>,
+}
+
+impl OperationStatus {
+    pub async fn load(ledger: &Ledger, operation: &str) -> Result<Self, LedgerError> {
+        Ok(OperationStatus {
+            operation: operation.to_owned(),
+            counts: ledger.counts(operation).await?,
+            errors: ledger.error_groups(operation).await?,
+        })
+    }
+
+    pub fn count(&self, state: ItemState) -> i64 {
+        self.counts.get(state.as_str()).copied().unwrap_or(0)
+    }
+
+    pub fn total(&self) -> i64 {
+        self.counts.values().sum()
+    }
+
+    /// Human lines: counts, then errors by code with an example each.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let counts: Vec<String> = ItemState::ALL
+            .iter()
+            .filter_map(|s| self.counts.get(s.as_str()).map(|n| format!("{s} {n}")))
+            .collect();
+        out.push_str(&format!(
+            "  {} targets: {}\n",
+            self.total(),
+            if counts.is_empty() {
+                "none".to_owned()
+            } else {
+                counts.join(", ")
+            }
+        ));
+        if !self.errors.is_empty() {
+            out.push_str("  errors by code:\n");
+            for e in &self.errors {
+                out.push_str(&format!(
+                    "    {} ×{}, e.g. {}",
+                    e.code, e.count, e.example_target
+                ));
+                if let Some(id) = &e.example_request_id {
+                    out.push_str(&format!(" (RequestId {id})"));
+                }
+                if let Some(m) = &e.message {
+                    out.push_str(&format!(": {}", m.chars().take(160).collect::<String>()));
+                }
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+/// The newest run of a ledger.
+#[derive(Debug, Clone, Serialize)]
+pub struct LastRun {
+    pub operation: String,
+    pub command: String,
+    pub started_ms: i64,
+    pub finished_ms: Option<i64>,
+    pub exit_code: Option<i64>,
+    pub summary: Option<String>,
+}
+
+/// Everything `status` shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct LedgerStatus {
+    pub ledger: String,
+    pub instance_id: String,
+    pub operations: Vec<OperationStatus>,
+    pub last_run: Option<LastRun>,
+}
+
+impl LedgerStatus {
+    pub async fn load(ledger: &Ledger) -> Result<Self, LedgerError> {
+        let mut operations = Vec::new();
+        for op in ledger.operations().await? {
+            operations.push(OperationStatus::load(ledger, &op).await?);
+        }
+        let last_run = ledger.last_run().await?.map(
+            |(operation, command, started_ms, finished_ms, exit_code, summary)| LastRun {
+                operation,
+                command,
+                started_ms,
+                finished_ms,
+                exit_code,
+                summary,
+            },
+        );
+        Ok(LedgerStatus {
+            ledger: ledger.path().to_owned(),
+            instance_id: ledger.instance_id().to_owned(),
+            operations,
+            last_run,
+        })
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = format!("ledger {} (instance {})\n", self.ledger, self.instance_id);
+        for op in &self.operations {
+            out.push_str(&format!("{}:\n", op.operation));
+            out.push_str(&op.render());
+        }
+        match &self.last_run {
+            Some(run) => {
+                let at = |ms: i64| {
+                    jiff::Timestamp::from_millisecond(ms)
+                        .map(|t| t.to_string())
+                        .unwrap_or_default()
+                };
+                let end = match (run.finished_ms, run.exit_code) {
+                    (Some(f), Some(code)) => format!("ended {} with exit code {code}", at(f)),
+                    _ => "did not finish (killed, or still running)".to_owned(),
+                };
+                out.push_str(&format!(
+                    "last run: {}, started {}, {end}\n  {}\n",
+                    run.operation,
+                    at(run.started_ms),
+                    run.command
+                ));
+            }
+            None => out.push_str("no run yet\n"),
+        }
+        out
+    }
+}

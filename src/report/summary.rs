@@ -1,0 +1,90 @@
+//! The end-of-run summary and the exit code: honest counts, what this run did, and what to do
+//! next (the command to resume, where the failures are, how to export).
+
+use crate::exit::ExitCode;
+use crate::ledger::{ItemState, Ledger};
+use crate::pipeline::{Halt, Operation, RunOutcome};
+
+use super::status::OperationStatus;
+
+/// What the exit code is, given how the run ended and what the ledger holds.
+pub fn exit_code(halt: Option<&Halt>, status: &OperationStatus) -> ExitCode {
+    match halt {
+        Some(Halt::Interrupted) => ExitCode::Interrupted,
+        Some(_) => ExitCode::Halted,
+        None if status.count(ItemState::Pending) > 0
+            || status.count(ItemState::Failed) > 0
+            || status.count(ItemState::Invalid) > 0 =>
+        {
+            ExitCode::Incomplete
+        }
+        // Never report success when nothing was done at all.
+        None if status.total() == 0 => ExitCode::Incomplete,
+        None => ExitCode::Success,
+    }
+}
+
+/// The end-of-run summary, with what to do next.
+pub fn summary(
+    ledger: &Ledger,
+    operation: Operation,
+    status: &OperationStatus,
+    run: &RunOutcome,
+    resume: &str,
+) -> String {
+    let secs = run.elapsed.as_secs_f64();
+    let mut out = format!(
+        "{} on instance {} (ledger {}):\n",
+        status.operation,
+        ledger.instance_id(),
+        ledger.path()
+    );
+    out.push_str(&status.render());
+    out.push_str(&format!(
+        "  this run: {} calls in {:.1} s ({:.1} calls/s), {} throttled\n",
+        run.calls,
+        secs,
+        if secs > 0.0 {
+            run.calls as f64 / secs
+        } else {
+            0.0
+        },
+        run.throttled
+    ));
+    match &run.halt {
+        None => {
+            let failed = status.count(ItemState::Failed) + status.count(ItemState::Invalid);
+            let pending = status.count(ItemState::Pending);
+            if pending > 0 {
+                out.push_str(&format!("  {pending} still pending: rerun the same command to finish them:\n    {resume}\n"));
+            } else if failed > 0 {
+                out.push_str(&format!("  finished with {failed} invalid or failed: `mqtt-provision export --failures --ledger {}` lists them; fix and rerun\n", ledger.path()));
+            } else if status.total() == 0 {
+                out.push_str("  nothing to do: no valid rows\n");
+            } else {
+                out.push_str(&if operation.leaves_credentials() {
+                    format!(
+                        "  done: every valid target holds a credential; `mqtt-provision export --operation {} --ledger {} --out credentials.csv`\n",
+                        operation.name(),
+                        ledger.path()
+                    )
+                } else {
+                    format!(
+                        "  done: {} finished for every valid target\n",
+                        operation.name()
+                    )
+                });
+            }
+        }
+        Some(Halt::QuotaFull(e)) => out.push_str(&format!(
+            "  HALTED: the instance's credential quota is full ({e}).\n  Unregister unused credentials or raise the quota, then resume with:\n    {resume}\n"
+        )),
+        Some(Halt::Fatal(e)) => out.push_str(&format!("  HALTED: {e}\n  Fix the credentials, permissions, instance or clock, then resume with:\n    {resume}\n")),
+        Some(Halt::AllSourcesBlocked(e)) => out.push_str(&format!(
+            "  HALTED: every source address was blocked for exceeding the per-IP limit ({e}).\n  Wait for the block to expire, lower --ip-qps, then resume with:\n    {resume}\n"
+        )),
+        Some(Halt::Interrupted) => out.push_str(&format!("  INTERRUPTED: resume with:\n    {resume}\n")),
+        Some(Halt::Ledger(e)) => out.push_str(&format!("  HALTED: the ledger could not be written: {e}\n  Results not written are reconciled on resume:\n    {resume}\n")),
+    }
+    out
+}
