@@ -10,6 +10,7 @@
 //! blocked, a ledger failure — ends dispatch at once, lets calls in flight finish within a bounded
 //! wait, and returns claimed-but-unsent targets to `pending`.
 
+mod feeder;
 pub mod operation;
 pub mod pacer;
 pub mod worker;
@@ -125,70 +126,11 @@ pub async fn run(
         })
     };
 
-    // The feeder claims ahead of the dispatcher, so a claim's commit never stalls the pace.
-    let claim_batch = (plan.pace.target_rate(worker.sources()) as i64 / 2).clamp(64, 1000);
-    let (work_tx, mut work_rx) = mpsc::channel::<WorkItem>(claim_batch as usize);
-    let feeder = {
-        let ledger = ledger.clone();
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let mut cursor = 0i64;
-            loop {
-                if stop.is_cancelled() {
-                    return Ok::<Vec<WorkItem>, LedgerError>(Vec::new());
-                }
-                let claim_started = Instant::now();
-                let items = ledger
-                    .claim(op_name, cursor, claim_batch, operation.marks_effect())
-                    .await?;
-                let took = claim_started.elapsed();
-                if took > Duration::from_millis(100) {
-                    tracing::warn!("claiming {} targets took {took:?}", items.len());
-                }
-                let Some(last) = items.last() else {
-                    return Ok(Vec::new());
-                };
-                cursor = last.id;
-                let mut items = items.into_iter();
-                while let Some(item) = items.next() {
-                    // The dispatcher has stopped: hand back what was claimed but never sent.
-                    if let Err(refused) = work_tx.send(item).await {
-                        return Ok(std::iter::once(refused.0).chain(items).collect());
-                    }
-                }
-            }
-        })
-    };
+    let batch = feeder::batch_size(plan.pace.target_rate(worker.sources()));
+    let (work_tx, mut work_rx) = mpsc::channel::<WorkItem>(batch as usize);
+    let feeder = feeder::spawn(ledger.clone(), operation, batch, stop.clone(), work_tx);
+    let (mut tasks, mut unsent) = dispatch(&worker, &mut work_rx, &out_tx, plan.concurrency).await;
 
-    let semaphore = Arc::new(Semaphore::new(plan.concurrency));
-    let mut tasks = JoinSet::new();
-    let mut unsent: Vec<WorkItem> = Vec::new();
-    while let Some(item) = work_rx.recv().await {
-        while let Some(done) = tasks.try_join_next() {
-            report_panic(done);
-        }
-        let permit = tokio::select! {
-            _ = stop.cancelled() => { unsent.push(item); break; }
-            p = semaphore.clone().acquire_owned() => p.expect("semaphore is never closed"),
-        };
-        let first = operation.first_action(item.maybe_applied);
-        let grant = tokio::select! {
-            _ = stop.cancelled() => { unsent.push(item); break; }
-            g = worker.pacer.acquire(first) => g,
-        };
-        let Some(grant) = grant else {
-            unsent.push(item);
-            break;
-        };
-        let worker = worker.clone();
-        let out_tx = out_tx.clone();
-        tasks.spawn(async move {
-            let record = operation.execute(&worker, item, Some(grant)).await;
-            worker.counters.finish(record.state);
-            let _ = out_tx.send(record).await;
-            drop(permit);
-        });
-    }
     // Claimed but never sent: back to pending as they were.
     work_rx.close();
     while let Ok(item) = work_rx.try_recv() {
@@ -202,50 +144,13 @@ pub async fn run(
         unsent.extend(held.iter().cloned());
     }
     for item in unsent {
-        let record = OutcomeRecord {
-            target: item.target,
-            state: ItemState::Pending,
-            attempts_added: 0,
-            maybe_applied: item.maybe_applied,
-            code: None,
-            message: None,
-            request_id: None,
-            credential: None,
-            previous_secret: None,
-        };
-        let _ = out_tx.send(record).await;
+        let _ = out_tx.send(unsent_record(item)).await;
     }
 
-    // A run that ends normally waits for every target, retries and backoffs included. Once the
-    // run is stopping, calls in flight get a bounded wait; those cut off stay claimed
-    // (maybe_applied), which the next run reconciles.
-    loop {
-        tokio::select! {
-            done = tasks.join_next() => match done {
-                Some(done) => report_panic(done),
-                None => break,
-            },
-            _ = stop.cancelled() => break,
-        }
-    }
-    let drained = tokio::time::timeout(plan.drain_timeout, async {
-        while let Some(done) = tasks.join_next().await {
-            report_panic(done);
-        }
-    })
-    .await;
-    if drained.is_err() {
-        tracing::warn!(
-            "{} call(s) still in flight after {:?}; leaving them for the next run to reconcile",
-            tasks.len(),
-            plan.drain_timeout
-        );
-        tasks.abort_all();
-    }
+    drain(&mut tasks, &stop, plan.drain_timeout).await;
     ticker.abort();
     on_interrupt.abort();
     drop(out_tx);
-    drop(worker.clone());
     let writer_result = writer.await.unwrap_or_else(|e| {
         Err(LedgerError::Io {
             path: ledger.path().to_owned(),
@@ -267,4 +172,89 @@ pub async fn run(
         calls: counters.calls.load(Ordering::Relaxed),
         throttled: counters.throttled.load(Ordering::Relaxed),
     })
+}
+
+/// Hands each claimed target to a task once a concurrency permit and a pacer grant are free,
+/// until the feeder runs dry or the run stops. Returns the tasks in flight and any target that
+/// was taken from the feeder but not sent.
+async fn dispatch(
+    worker: &Arc<Worker>,
+    work: &mut mpsc::Receiver<WorkItem>,
+    out: &mpsc::Sender<OutcomeRecord>,
+    concurrency: usize,
+) -> (JoinSet<()>, Vec<WorkItem>) {
+    let operation = worker.operation();
+    let semaphore = Arc::new(Semaphore::new(concurrency));
+    let mut tasks = JoinSet::new();
+    let mut unsent = Vec::new();
+    while let Some(item) = work.recv().await {
+        while let Some(done) = tasks.try_join_next() {
+            report_panic(done);
+        }
+        let permit = tokio::select! {
+            _ = worker.stopped() => { unsent.push(item); break; }
+            p = semaphore.clone().acquire_owned() => p.expect("semaphore is never closed"),
+        };
+        let first = operation.first_action(item.maybe_applied);
+        let grant = tokio::select! {
+            _ = worker.stopped() => { unsent.push(item); break; }
+            g = worker.pacer.acquire(first) => g,
+        };
+        let Some(grant) = grant else {
+            unsent.push(item);
+            break;
+        };
+        let worker = worker.clone();
+        let out = out.clone();
+        tasks.spawn(async move {
+            let record = operation.execute(&worker, item, Some(grant)).await;
+            worker.counters.finish(record.state);
+            let _ = out.send(record).await;
+            drop(permit);
+        });
+    }
+    (tasks, unsent)
+}
+
+/// A run that ends normally waits for every target, retries and backoffs included. Once the
+/// run is stopping, calls in flight get a bounded wait; those cut off stay claimed
+/// (`maybe_applied`), which the next run reconciles.
+async fn drain(tasks: &mut JoinSet<()>, stop: &CancellationToken, timeout: Duration) {
+    loop {
+        tokio::select! {
+            done = tasks.join_next() => match done {
+                Some(done) => report_panic(done),
+                None => return,
+            },
+            _ = stop.cancelled() => break,
+        }
+    }
+    let drained = tokio::time::timeout(timeout, async {
+        while let Some(done) = tasks.join_next().await {
+            report_panic(done);
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            "{} call(s) still in flight after {timeout:?}; leaving them for the next run to reconcile",
+            tasks.len(),
+        );
+        tasks.abort_all();
+    }
+}
+
+/// A target that was claimed but never sent goes back to `pending` as it was.
+fn unsent_record(item: WorkItem) -> OutcomeRecord {
+    OutcomeRecord {
+        target: item.target,
+        state: ItemState::Pending,
+        attempts_added: 0,
+        maybe_applied: item.maybe_applied,
+        code: None,
+        message: None,
+        request_id: None,
+        credential: None,
+        previous_secret: None,
+    }
 }

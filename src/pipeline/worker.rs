@@ -68,8 +68,17 @@ impl Worker {
         self.clients.len()
     }
 
+    pub fn operation(&self) -> super::Operation {
+        self.plan.operation
+    }
+
     pub fn stopping(&self) -> bool {
         self.stop.is_cancelled()
+    }
+
+    /// Resolves once the run is stopping.
+    pub async fn stopped(&self) {
+        self.stop.cancelled().await
     }
 
     pub(crate) fn set_halt(&self, halt: Halt) {

@@ -1,0 +1,58 @@
+//! The feeder: claims pending targets from the ledger ahead of the dispatcher, in batches, so a
+//! claim's commit never stalls the pace. When the dispatcher stops taking work, the feeder hands
+//! back what it claimed but could not pass on, so those targets return to `pending` as they were.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::Operation;
+use crate::ledger::{Ledger, LedgerError, WorkItem};
+
+/// A claim slower than this is worth a warning: it delays the targets behind it.
+const SLOW_CLAIM: Duration = Duration::from_millis(100);
+
+/// Claims per batch: half a second of work at the target rate, within bounds.
+pub fn batch_size(target_rate: f64) -> i64 {
+    (target_rate as i64 / 2).clamp(64, 1000)
+}
+
+/// The feeder's task; it ends with the targets it claimed and could not hand over.
+pub fn spawn(
+    ledger: Arc<Ledger>,
+    operation: Operation,
+    batch: i64,
+    stop: CancellationToken,
+    work: mpsc::Sender<WorkItem>,
+) -> JoinHandle<Result<Vec<WorkItem>, LedgerError>> {
+    tokio::spawn(async move {
+        let mut cursor = 0i64;
+        loop {
+            if stop.is_cancelled() {
+                return Ok(Vec::new());
+            }
+            let claim_started = Instant::now();
+            let items = ledger
+                .claim(operation.name(), cursor, batch, operation.marks_effect())
+                .await?;
+            let took = claim_started.elapsed();
+            if took > SLOW_CLAIM {
+                tracing::warn!("claiming {} targets took {took:?}", items.len());
+            }
+            let Some(last) = items.last() else {
+                return Ok(Vec::new());
+            };
+            cursor = last.id;
+            let mut items = items.into_iter();
+            while let Some(item) = items.next() {
+                // The dispatcher has stopped: hand back what was claimed but never sent.
+                if let Err(refused) = work.send(item).await {
+                    return Ok(std::iter::once(refused.0).chain(items).collect());
+                }
+            }
+        }
+    })
+}
