@@ -11,6 +11,9 @@ use crate::secret::Secret;
 /// API version of every action.
 pub const VERSION: &str = "2020-04-20";
 
+/// The CaSn limit of the certificate APIs (shared/reference/onsmqtt-api.md §4).
+pub const MAX_CA_SN_BYTES: usize = 128;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Action {
     RegisterDeviceCredential,
