@@ -6,214 +6,45 @@
 //! so it shares the client's types ([`crate::api::actions`]) and signing ([`crate::api::sign`])
 //! rather than writing them twice. Where the documents are silent it chooses, and says so in the
 //! README ("What the simulator does not model").
+//!
+//! A call goes from `http` (serving, answers) to `Sim` here, which holds the one lock and asks in
+//! turn `gate` (IP blocks, nonces, windows), `auth` (signatures), `faults` (what fails on
+//! purpose, latency) and `business` (each action's rule over the `registry`); `stats` counts what
+//! happened. `config` is everything it can be told.
 
 mod auth;
+mod business;
+mod config;
+mod faults;
+mod gate;
+mod http;
 mod registry;
-mod server;
 mod stats;
 mod window;
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use tokio_util::sync::CancellationToken;
 
+pub use config::{
+    DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET, DEFAULT_INSTANCE_ID, Latency, SimConfig,
+};
 pub use registry::DupMode;
 pub use stats::Stats;
 
+use crate::api::actions::Action;
 use crate::api::credentials::AccessKey;
-use crate::secret::Secret;
-
-/// The documented key pair of a rehearsal (`register --simulate`, `simulate` without
-/// `--access-key`). It opens nothing but the simulator.
-pub const DEFAULT_ACCESS_KEY_ID: &str = "LTAI5tSimulatorRehearsal";
-pub const DEFAULT_ACCESS_KEY_SECRET: &str = "simulator-rehearsal-secret";
-/// The instance a rehearsal provisions.
-pub const DEFAULT_INSTANCE_ID: &str = "post-cn-rehearsal01";
-
-/// How long each response takes.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Latency {
-    None,
-    Fixed(Duration),
-    Uniform(Duration, Duration),
-    /// Median and sigma of the underlying normal.
-    LogNormal {
-        median: Duration,
-        sigma: f64,
-    },
-}
-
-impl std::str::FromStr for Latency {
-    type Err = String;
-
-    /// `0`, `fixed:MS`, `uniform:MIN_MS:MAX_MS`, `lognormal:MEDIAN_MS:SIGMA`.
-    fn from_str(s: &str) -> Result<Self, String> {
-        let parts: Vec<&str> = s.split(':').collect();
-        let ms = |v: &str| {
-            v.parse::<f64>()
-                .ok()
-                .filter(|x| x.is_finite() && *x >= 0.0)
-                .map(|x| Duration::from_secs_f64(x / 1000.0))
-                .ok_or(format!("'{v}' is not a number of milliseconds"))
-        };
-        match parts.as_slice() {
-            ["0"] | ["none"] => Ok(Latency::None),
-            ["fixed", v] => Ok(Latency::Fixed(ms(v)?)),
-            ["uniform", a, b] => {
-                let (a, b) = (ms(a)?, ms(b)?);
-                if a > b {
-                    return Err("uniform: MIN must not exceed MAX".into());
-                }
-                Ok(Latency::Uniform(a, b))
-            }
-            ["lognormal", m, s] => {
-                let sigma = s
-                    .parse::<f64>()
-                    .ok()
-                    .filter(|x| x.is_finite() && *x >= 0.0)
-                    .ok_or(format!("'{s}' is not a sigma"))?;
-                Ok(Latency::LogNormal {
-                    median: ms(m)?,
-                    sigma,
-                })
-            }
-            _ => Err(format!(
-                "'{s}': use 0, fixed:MS, uniform:MIN:MAX or lognormal:MEDIAN_MS:SIGMA"
-            )),
-        }
-    }
-}
-
-fn parse_key(s: &str) -> Result<AccessKey, String> {
-    let mut it = s.splitn(3, ':');
-    match (it.next(), it.next(), it.next()) {
-        (Some(id), Some(secret), token) if !id.is_empty() && !secret.is_empty() => Ok(AccessKey {
-            id: id.to_owned(),
-            secret: Secret::new(secret),
-            security_token: token.filter(|t| !t.is_empty()).map(Secret::new),
-        }),
-        _ => Err("use ID:SECRET or ID:SECRET:STS_TOKEN".into()),
-    }
-}
-
-fn parse_rate(s: &str) -> Result<f64, String> {
-    s.parse::<f64>()
-        .ok()
-        .filter(|r| (0.0..=1.0).contains(r))
-        .ok_or(format!("'{s}' is not a rate between 0 and 1"))
-}
-
-/// Everything the simulator can be told. The same struct serves `mqtt-provision simulate` (as
-/// flags) and the in-process simulator of tests and rehearsals (built with `Default`).
-#[derive(Debug, Clone, clap::Args)]
-pub struct SimConfig {
-    /// Address to listen on (loopback by default; port 0 picks a free one and prints it).
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    pub listen: SocketAddr,
-    /// An accepted AccessKey, ID:SECRET or ID:SECRET:STS_TOKEN (repeatable). Without it, the
-    /// documented rehearsal pair is accepted.
-    #[arg(long = "access-key", value_name = "ID:SECRET[:TOKEN]", value_parser = parse_key)]
-    pub access_keys: Vec<AccessKey>,
-    /// An instance that exists (repeatable; default: the rehearsal instance).
-    #[arg(long = "instance", value_name = "INSTANCE_ID")]
-    pub instances: Vec<String>,
-    /// What a repeated RegisterDeviceCredential does.
-    #[arg(long, value_enum, default_value_t = DupMode::Exist)]
-    pub dup_mode: DupMode,
-    /// Credentials per instance before DeviceCredentialNumExceed.
-    #[arg(long)]
-    pub quota: Option<usize>,
-    /// Admitted calls of each API per account in any sliding second (documented: 500).
-    #[arg(long, default_value_t = 500)]
-    pub account_qps: usize,
-    /// Calls of all APIs together per source IP in any sliding second before the IP is blocked
-    /// (documented: 300).
-    #[arg(long, default_value_t = 300)]
-    pub ip_qps: usize,
-    /// How long a blocked IP stays blocked.
-    #[arg(long, default_value_t = 60.0)]
-    pub ip_block_secs: f64,
-    /// Send `x-acs-retry-after: N` with every throttled answer.
-    #[arg(long)]
-    pub retry_after_ms: Option<u64>,
-    /// Rate of 500 InternalError answers (not applied).
-    #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
-    pub fault_internal_error: f64,
-    /// Rate of 500 SystemOverFlow answers (not applied).
-    #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
-    pub fault_system_overflow: f64,
-    /// Rate of 503 ServiceUnavailable answers (not applied).
-    #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
-    pub fault_unavailable: f64,
-    /// Rate of connections dropped before the call is applied.
-    #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
-    pub fault_drop_before: f64,
-    /// Rate of connections dropped after the call is applied (the response is lost).
-    #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
-    pub fault_drop_after: f64,
-    /// Rate of calls applied but answered only after --slow-ms.
-    #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
-    pub fault_slow: f64,
-    /// Delay of a slow answer (beyond the client's 10 s read timeout by default).
-    #[arg(long, default_value_t = 15_000)]
-    pub slow_ms: u64,
-    /// Latency of every answer: 0, fixed:MS, uniform:MIN:MAX, lognormal:MEDIAN_MS:SIGMA.
-    #[arg(long, default_value = "0")]
-    pub latency: Latency,
-    /// Seed of faults, latency and credential values.
-    #[arg(long, default_value_t = 1)]
-    pub seed: u64,
-    /// Keep the registry in this journal file across restarts.
-    #[arg(long)]
-    pub state: Option<PathBuf>,
-    /// Seed device certificates from a CSV with columns device_sn, ca_sn [, device_name, status].
-    #[arg(long)]
-    pub device_certs: Option<PathBuf>,
-    /// Write the stats JSON here on SIGINT/SIGTERM.
-    #[arg(long)]
-    pub stats_out: Option<PathBuf>,
-    /// Write the registry as CSV here on SIGINT/SIGTERM.
-    #[arg(long)]
-    pub dump_credentials: Option<PathBuf>,
-}
-
-impl Default for SimConfig {
-    fn default() -> Self {
-        #[derive(clap::Parser)]
-        struct Wrapper {
-            #[command(flatten)]
-            config: SimConfig,
-        }
-        let mut config = <Wrapper as clap::Parser>::parse_from(["simulate"]).config;
-        config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
-        config
-    }
-}
-
-impl SimConfig {
-    /// The keys it accepts: the configured ones, else the rehearsal pair.
-    pub fn keys(&self) -> Vec<AccessKey> {
-        if self.access_keys.is_empty() {
-            vec![AccessKey::new(
-                DEFAULT_ACCESS_KEY_ID,
-                DEFAULT_ACCESS_KEY_SECRET,
-            )]
-        } else {
-            self.access_keys.clone()
-        }
-    }
-
-    pub fn instance_ids(&self) -> Vec<String> {
-        if self.instances.is_empty() {
-            vec![DEFAULT_INSTANCE_ID.to_owned()]
-        } else {
-            self.instances.clone()
-        }
-    }
-}
+use auth::Incoming;
+use business::{Call, Rules};
+use faults::{Fault, Faults};
+use gate::{Gate, Limits};
+use registry::Registry;
+use stats::Tally;
 
 /// An error answer: HTTP status, `Code`, `Message`.
 #[derive(Debug, Clone)]
@@ -233,12 +64,188 @@ impl SimError {
     }
 }
 
+/// The simulated service: what never changes after start outside the lock, and everything a
+/// call changes inside one lock, so that a call changes it atomically (gate, registry, rng,
+/// tally). HTTP ([`http`]) calls in; the gate, the fault draw and the business rule are asked in
+/// turn, each in its own module.
+struct Sim {
+    keys: Vec<AccessKey>,
+    rules: Rules,
+    faults: Faults,
+    retry_after_ms: Option<u64>,
+    state: Mutex<State>,
+}
+
+/// Everything a call changes.
+struct State {
+    gate: Gate,
+    registry: Registry,
+    /// One seeded sequence for request ids, faults, latency and credential values.
+    rng: StdRng,
+    tally: Tally,
+    request_seq: u64,
+}
+
+/// What [`Sim::decide`] settled for one call.
+struct Decision {
+    /// The body of a success or the error to answer (not answered if the fault drops it).
+    answer: Result<Bytes, SimError>,
+    fault: Fault,
+    /// How long to wait before answering.
+    delay: Duration,
+    /// The action the call named, if it is one of the ten.
+    action: Option<Action>,
+}
+
+impl Decision {
+    /// A call the gate or the signature check refused: answered at once, no fault drawn.
+    fn refused(e: SimError, action: Option<Action>) -> Self {
+        Decision {
+            answer: Err(e),
+            fault: Fault::None,
+            delay: Duration::ZERO,
+            action,
+        }
+    }
+}
+
+impl Sim {
+    fn new(config: SimConfig) -> std::io::Result<Self> {
+        let rules = Rules::new(&config);
+        let mut registry = Registry::open(config.state.as_deref())?;
+        if let Some(path) = &config.device_certs {
+            registry.seed_certificates_from(path, rules.instances())?;
+        }
+        let state = State {
+            gate: Gate::new(Limits::new(&config)),
+            registry,
+            rng: StdRng::seed_from_u64(config.seed),
+            tally: Tally::default(),
+            request_seq: 0,
+        };
+        Ok(Sim {
+            keys: config.keys(),
+            rules,
+            faults: Faults::new(&config),
+            retry_after_ms: config.retry_after_ms,
+            state: Mutex::new(state),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic elsewhere must not take the simulator down with a poisoned lock.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The gate and the business rule, under one lock: everything a call changes, it changes
+    /// atomically. Returns the answer (or a fault) and how long to wait before giving it.
+    fn decide(&self, peer: IpAddr, req: &Incoming<'_>, request_id: &str) -> Decision {
+        let now = Instant::now();
+        let mut state = self.lock();
+        let state = &mut *state;
+        let named = req.action_name().and_then(Action::from_name);
+        let arrival = match state.gate.arrive(now, peer, named) {
+            Ok(arrival) => arrival,
+            Err(e) => return Decision::refused(e, named),
+        };
+        let authenticated = match auth::authenticate(&self.keys, req, jiff::Timestamp::now()) {
+            Ok(a) => a,
+            Err(e) => return Decision::refused(e, named),
+        };
+        let action = authenticated.action;
+        if let Err(e) = state.gate.admit(arrival, action, authenticated.nonce) {
+            return Decision::refused(e, Some(action));
+        }
+        let (fault, delay) = self.faults.draw(&mut state.rng);
+        if let Some(kind) = fault.kind() {
+            state.tally.fault(kind);
+        }
+        let answer = match fault {
+            Fault::Error(status, code, message) => Err(SimError::new(status, code, message)),
+            // Never answered: the connection is dropped before the call is applied.
+            Fault::DropBefore => Err(SimError::new(0, "", "")),
+            _ => Call {
+                rules: &self.rules,
+                registry: &mut state.registry,
+                rng: &mut state.rng,
+                req,
+                request_id,
+            }
+            .apply(action),
+        };
+        Decision {
+            answer,
+            fault,
+            delay,
+            action: Some(action),
+        }
+    }
+
+    /// Counts how a call ended, once it is answered or dropped.
+    fn record(&self, action: Option<Action>, code: &str, elapsed: Duration) {
+        self.lock().tally.outcome(action, code, elapsed);
+    }
+
+    fn next_request_id(&self) -> String {
+        let mut state = self.lock();
+        state.request_seq += 1;
+        let seq = state.request_seq;
+        let r: u64 = state.rng.r#gen();
+        format!(
+            "{:08X}-{:04X}-{:04X}-{:04X}-{:012X}",
+            (r >> 32) as u32,
+            (r >> 16) as u16,
+            r as u16,
+            (seq >> 48) as u16,
+            seq & 0xFFFF_FFFF_FFFF
+        )
+    }
+
+    /// The `x-acs-retry-after` of throttled answers, if configured.
+    fn retry_after_ms(&self) -> Option<u64> {
+        self.retry_after_ms
+    }
+
+    fn stats(&self) -> Stats {
+        let state = self.lock();
+        let (issued_total, client_ids, duplicates) = state.registry.issuance();
+        let mut stats = Stats {
+            credentials: stats::CredentialStats {
+                live: state.registry.all_credentials().len(),
+                issued_total,
+                client_ids,
+                duplicates,
+            },
+            ..Stats::default()
+        };
+        state.gate.report(&mut stats);
+        state.tally.report(&mut stats);
+        stats
+    }
+
+    fn credentials_csv(&self) -> String {
+        let state = self.lock();
+        let mut out = String::from(
+            "instance_id,client_id,device_access_key_id,device_access_key_secret,issued\n",
+        );
+        for (instance, client_id, c) in state.registry.all_credentials() {
+            out.push_str(&format!(
+                "{instance},{client_id},{},{},{}\n",
+                c.device_access_key_id,
+                c.device_access_key_secret.expose(),
+                c.issued
+            ));
+        }
+        out
+    }
+}
+
 /// A running simulator.
 pub struct SimHandle {
     pub addr: SocketAddr,
     pub keys: Vec<AccessKey>,
     pub instance_id: String,
-    sim: Arc<server::Sim>,
+    sim: Arc<Sim>,
     cancel: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
@@ -280,9 +287,9 @@ pub async fn start(config: SimConfig) -> std::io::Result<SimHandle> {
     let addr = listener.local_addr()?;
     let keys = config.keys();
     let instance_id = config.instance_ids()[0].clone();
-    let sim = Arc::new(server::Sim::new(config)?);
+    let sim = Arc::new(Sim::new(config)?);
     let cancel = CancellationToken::new();
-    let task = tokio::spawn(server::serve(listener, sim.clone(), cancel.clone()));
+    let task = tokio::spawn(http::serve(listener, sim.clone(), cancel.clone()));
     Ok(SimHandle {
         addr,
         keys,
@@ -291,31 +298,4 @@ pub async fn start(config: SimConfig) -> std::io::Result<SimHandle> {
         cancel,
         task,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn latency_specs_parse() {
-        assert_eq!("0".parse::<Latency>(), Ok(Latency::None));
-        assert_eq!(
-            "fixed:5".parse::<Latency>(),
-            Ok(Latency::Fixed(Duration::from_millis(5)))
-        );
-        assert!(
-            matches!("lognormal:80:0.5".parse::<Latency>(), Ok(Latency::LogNormal { sigma, .. }) if sigma == 0.5)
-        );
-        assert!("uniform:5:1".parse::<Latency>().is_err());
-        assert!("gauss:1".parse::<Latency>().is_err());
-    }
-
-    #[test]
-    fn defaults_are_the_documented_limits() {
-        let c = SimConfig::default();
-        assert_eq!((c.account_qps, c.ip_qps, c.ip_block_secs), (500, 300, 60.0));
-        assert_eq!(c.keys()[0].id, DEFAULT_ACCESS_KEY_ID);
-        assert_eq!(c.listen.port(), 0);
-    }
 }

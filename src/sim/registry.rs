@@ -1,6 +1,7 @@
 //! The simulator's business state: device credentials per instance, device certificates, and
 //! the rules the real service applies to them. Optionally journaled to a file (`--state`), one
 //! JSON line per change, so a simulator restart or a killed worker finds the registry as it was.
+//! Device certificates can be seeded from a CSV (`--device-certs`), since no action creates one.
 //!
 //! It never decides about signatures or flow control: those are settled before a call gets here.
 
@@ -158,6 +159,26 @@ impl Registry {
             instance: instance.to_owned(),
             certificate,
         });
+    }
+
+    /// Seeds every instance with the certificates of a CSV (columns `device_sn`, `ca_sn` and
+    /// optionally `device_name`, `status`), keeping any the registry holds already.
+    pub fn seed_certificates_from(
+        &mut self,
+        path: &Path,
+        instances: &[String],
+    ) -> std::io::Result<()> {
+        for cert in read_device_certs(path)? {
+            for instance in instances {
+                if self
+                    .certificate(instance, &cert.ca_sn, &cert.device_sn)
+                    .is_err()
+                {
+                    self.seed_certificate(instance, cert.clone());
+                }
+            }
+        }
+        Ok(())
     }
 
     pub fn live_credentials(&self, instance: &str) -> usize {
@@ -336,11 +357,47 @@ impl Registry {
     }
 }
 
-fn not_found() -> (&'static str, String) {
+/// The refusal of a credential that does not exist (Get, Refresh, UnRegister).
+pub fn not_found() -> (&'static str, String) {
     (
         "DeviceCredentialNotFound",
         "Device Credential Not Found. Check if the device certificate is registered.".into(),
     )
+}
+
+fn read_device_certs(path: &Path) -> std::io::Result<Vec<DeviceCertificate>> {
+    let bad = |m: String| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{}: {m}", path.display()),
+        )
+    };
+    let mut reader = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .from_path(path)
+        .map_err(|e| bad(e.to_string()))?;
+    let headers = reader.headers().map_err(|e| bad(e.to_string()))?.clone();
+    let col = |name: &str| headers.iter().position(|h| h == name);
+    let (Some(sn), Some(ca)) = (col("device_sn"), col("ca_sn")) else {
+        return Err(bad("needs columns device_sn and ca_sn".into()));
+    };
+    let (name, status) = (col("device_name"), col("status"));
+    let mut out = Vec::new();
+    for record in reader.records() {
+        let r = record.map_err(|e| bad(e.to_string()))?;
+        let get = |i: Option<usize>| i.and_then(|i| r.get(i)).unwrap_or_default().to_owned();
+        let now = jiff::Timestamp::now().as_millisecond();
+        out.push(DeviceCertificate {
+            ca_sn: get(Some(ca)),
+            device_content: format!("-----BEGIN CERTIFICATE-----\n(simulated certificate of {})\n-----END CERTIFICATE-----", get(Some(sn))),
+            device_name: get(name),
+            device_sn: get(Some(sn)),
+            status: if get(status) == "0" { "0".into() } else { "1".into() },
+            valid_begin: now.to_string(),
+            valid_end: (now + 365 * 86_400_000).to_string(),
+        });
+    }
+    Ok(out)
 }
 
 /// `DC.` + 22 base62 characters, the shape of the documented examples.

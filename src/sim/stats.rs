@@ -1,10 +1,16 @@
 //! What the simulator saw, as `GET /__sim/stats` and `--stats-out` report it. Tests and
 //! benchmarks judge the worker by these numbers: the largest sliding-second windows, throttles,
-//! blocks, and how many credentials each ClientId was issued.
+//! blocks, and how many credentials each ClientId was issued. The gate and the registry report
+//! their own parts; the [`Tally`] here keeps the rest, the outcome of every call as it ends.
+//!
+//! It only counts: nothing here decides how a call is answered.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+use crate::api::actions::Action;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Stats {
@@ -93,5 +99,41 @@ impl Stats {
     /// Calls with a given code, across actions.
     pub fn code_total(&self, code: &str) -> u64 {
         self.calls.values().filter_map(|m| m.get(code)).sum()
+    }
+}
+
+/// Outcomes, faults and server-side latencies, counted as calls end.
+#[derive(Default)]
+pub struct Tally {
+    calls: BTreeMap<String, BTreeMap<String, u64>>,
+    faults: BTreeMap<String, u64>,
+    latencies_us: Vec<u32>,
+}
+
+impl Tally {
+    /// A fault injected, by kind.
+    pub fn fault(&mut self, kind: &str) {
+        *self.faults.entry(kind.to_owned()).or_default() += 1;
+    }
+
+    /// How a call ended (`Success`, its error code, or how it was dropped) and how long after
+    /// its arrival; a call that named no known action counts under `(none)`.
+    pub fn outcome(&mut self, action: Option<Action>, code: &str, elapsed: Duration) {
+        let name = action.map_or("(none)", Action::name);
+        *self
+            .calls
+            .entry(name.to_owned())
+            .or_default()
+            .entry(code.to_owned())
+            .or_default() += 1;
+        self.latencies_us
+            .push(elapsed.as_micros().min(u32::MAX as u128) as u32);
+    }
+
+    /// Writes the tally's part of the stats: calls, faults, latency.
+    pub fn report(&self, stats: &mut Stats) {
+        stats.calls = self.calls.clone();
+        stats.faults = self.faults.clone();
+        stats.latency_ms = Latency::from_micros(&mut self.latencies_us.clone());
     }
 }

@@ -1,0 +1,204 @@
+//! The simulator's HTTP side: the hyper accept loop, turning a request into what [`Sim`] decides
+//! on, waiting out the drawn latency, and answering as the real endpoint does
+//! (`x-acs-request-id`, JSON bodies, the error shape of onsmqtt-api.md §5, `x-acs-retry-after`
+//! on throttling when configured). `/__sim/*` serves the stats and the registry.
+//!
+//! A fault that "drops the connection" makes the service fail, which hyper turns into a closed
+//! socket with no response. It decides nothing about a call: gate, faults and business rules
+//! are [`Sim`]'s.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming as Body;
+use hyper::{Request, Response};
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use super::auth::Incoming;
+use super::{Decision, Sim, SimError};
+use crate::api::sign;
+
+/// The connection is dropped without an answer.
+#[derive(Debug)]
+pub struct Dropped;
+
+impl std::fmt::Display for Dropped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("connection dropped by fault injection")
+    }
+}
+
+impl std::error::Error for Dropped {}
+
+type Answer = Result<Response<Full<Bytes>>, Dropped>;
+
+/// Accepts connections until cancelled; cancelling also closes every open connection.
+pub async fn serve(listener: TcpListener, sim: Arc<Sim>, cancel: CancellationToken) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = cancel.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let sim = sim.clone();
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            let service =
+                hyper::service::service_fn(move |req| handle(sim.clone(), peer.ip(), req));
+            let conn = hyper::server::conn::http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            tokio::select! {
+                _ = conn => {}
+                _ = cancel.cancelled() => {}
+            }
+        });
+    }
+}
+
+async fn handle(sim: Arc<Sim>, peer: IpAddr, req: Request<Body>) -> Answer {
+    let started = Instant::now();
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path().to_owned();
+    if path.starts_with("/__sim/") {
+        return Ok(introspection(&sim, &path));
+    }
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let query: Vec<(String, String)> =
+        form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes())
+            .into_owned()
+            .collect();
+    let incoming = Incoming {
+        method: parts.method.as_str(),
+        path: &path,
+        query: &query,
+        headers: &parts.headers,
+        body_sha256: sign::sha256_hex(&body),
+    };
+    let request_id = sim.next_request_id();
+    let Decision {
+        answer,
+        fault,
+        delay,
+        action,
+    } = sim.decide(peer, &incoming, &request_id);
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    if let Some(outcome) = fault.dropped_outcome() {
+        sim.record(action, outcome, started.elapsed());
+        return Err(Dropped);
+    }
+    match answer {
+        Ok(body) => {
+            sim.record(action, "Success", started.elapsed());
+            Ok(respond(200, &request_id, body, None))
+        }
+        Err(e) => {
+            sim.record(action, &e.code, started.elapsed());
+            let host = parts
+                .headers
+                .get("host")
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("onsmqtt.simulator");
+            let retry_after = if e.code.starts_with("Throttling") {
+                sim.retry_after_ms()
+            } else {
+                None
+            };
+            Ok(respond(
+                e.status,
+                &request_id,
+                error_body(&e, &request_id, host),
+                retry_after,
+            ))
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct WireError<'a> {
+    #[serde(rename = "RequestId")]
+    request_id: &'a str,
+    #[serde(rename = "HostId")]
+    host_id: &'a str,
+    #[serde(rename = "Code")]
+    code: &'a str,
+    #[serde(rename = "Message")]
+    message: &'a str,
+    #[serde(rename = "Recommend")]
+    recommend: String,
+}
+
+/// The body every error answer carries (onsmqtt-api.md §5).
+fn error_body(e: &SimError, request_id: &str, host: &str) -> Bytes {
+    serde_json::to_vec(&WireError {
+        request_id,
+        host_id: host,
+        code: &e.code,
+        message: &e.message,
+        recommend: format!(
+            "https://api.alibabacloud.com/troubleshoot?q={}&product=OnsMqtt&requestId={request_id}",
+            e.code
+        ),
+    })
+    .expect("error bodies serialise")
+    .into()
+}
+
+fn respond(
+    status: u16,
+    request_id: &str,
+    body: Bytes,
+    retry_after_ms: Option<u64>,
+) -> Response<Full<Bytes>> {
+    let mut builder = Response::builder()
+        .status(status)
+        .header("content-type", "application/json;charset=utf-8")
+        .header("x-acs-request-id", request_id);
+    if let Some(ms) = retry_after_ms {
+        builder = builder.header("x-acs-retry-after", ms.to_string());
+    }
+    builder
+        .body(Full::new(body))
+        .expect("static response parts are valid")
+}
+
+fn introspection(sim: &Sim, path: &str) -> Response<Full<Bytes>> {
+    match path {
+        "/__sim/stats" => respond(
+            200,
+            "sim",
+            serde_json::to_vec_pretty(&sim.stats())
+                .expect("stats serialise")
+                .into(),
+            None,
+        ),
+        "/__sim/credentials" => Response::builder()
+            .header("content-type", "text/csv")
+            .body(Full::new(Bytes::from(sim.credentials_csv())))
+            .expect("valid"),
+        _ => respond(
+            404,
+            "sim",
+            Bytes::from_static(br#"{"Code":"NotFound","Message":"unknown simulator path"}"#),
+            None,
+        ),
+    }
+}
