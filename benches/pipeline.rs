@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use mqtt_provision::api::{AccessKey, ClientConfig, Endpoint, OnsMqttClient};
+use mqtt_provision::api::{AccessKey, ClientConfig, Endpoint, OnsMqttClient, request};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mqtt-provision");
 const AK: &str = "BENCHAK";
@@ -206,7 +206,10 @@ fn shared_account() {
                     i += 1;
                     tokio::spawn(async move {
                         let _ = c
-                            .register_device_credential(INSTANCE, &format!("GID_other@@@o-{i:08}"))
+                            .send(&request::register_device_credential(
+                                INSTANCE,
+                                &format!("GID_other@@@o-{i:08}"),
+                            ))
                             .await;
                     });
                 }
@@ -304,9 +307,12 @@ fn simulator_capacity() {
             set.spawn(async move {
                 let mut n = 0u64;
                 while Instant::now() < deadline {
-                    if c.get_device_credential(INSTANCE, &format!("GID_bench@@@cap-{t}"))
-                        .await
-                        .is_err()
+                    if c.send(&request::get_device_credential(
+                        INSTANCE,
+                        &format!("GID_bench@@@cap-{t}"),
+                    ))
+                    .await
+                    .is_err()
                     {
                         n += 1; // DeviceCredentialNotFound: a full, signed, answered call
                     } else {

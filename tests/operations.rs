@@ -4,6 +4,8 @@
 
 mod common;
 
+use mqtt_provision::api::request;
+
 use common::*;
 use mqtt_provision::api::SignatureVersion;
 use mqtt_provision::ledger::Ledger;
@@ -84,7 +86,7 @@ async fn setup(
         let cid = format!("GID_test@@@op-{i:05}");
         // The test's own setup waits out a strict server, as any client must.
         while let Err(e) = client
-            .register_device_credential(&sim.instance_id, &cid)
+            .send(&request::register_device_credential(&sim.instance_id, &cid))
             .await
         {
             assert!(
@@ -155,7 +157,11 @@ async fn each_operation_succeeds_and_names_its_not_found() {
                     "0"
                 };
                 let got = client
-                    .get_device_certificate(&sim.instance_id, "SN-00007", "CA-1")
+                    .send(&request::get_device_certificate(
+                        &sim.instance_id,
+                        "SN-00007",
+                        "CA-1",
+                    ))
                     .await
                     .unwrap()
                     .data
@@ -387,7 +393,7 @@ async fn ca_verification_certificate_carries_the_code_and_verifies_against_the_c
     a.extend(base);
     assert_eq!(run_cli(&a, &ctx).await, 0);
     let code = client_for(&sim, SignatureVersion::V3, None)
-        .get_register_code(&sim.instance_id)
+        .send(&request::get_register_code(&sim.instance_id))
         .await
         .unwrap()
         .register_code;

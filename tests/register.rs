@@ -2,6 +2,8 @@
 
 mod common;
 
+use mqtt_provision::api::request;
+
 use common::*;
 use mqtt_provision::api::SignatureVersion;
 use mqtt_provision::ledger::{ItemState, Ledger};
@@ -75,7 +77,10 @@ async fn existing_credentials_are_recovered_not_replaced() {
     let client = client_for(&sim, SignatureVersion::V3, None);
     for i in 0..10 {
         client
-            .register_device_credential(&sim.instance_id, &format!("GID_test@@@pre-{i:06}"))
+            .send(&request::register_device_credential(
+                &sim.instance_id,
+                &format!("GID_test@@@pre-{i:06}"),
+            ))
             .await
             .unwrap();
     }
@@ -108,7 +113,10 @@ async fn check_existing_asks_first() {
     let ctx = context_for(&sim);
     let client = client_for(&sim, SignatureVersion::V3, None);
     client
-        .register_device_credential(&sim.instance_id, "GID_test@@@live-000000")
+        .send(&request::register_device_credential(
+            &sim.instance_id,
+            "GID_test@@@live-000000",
+        ))
         .await
         .unwrap();
     let csv = devices_csv(dir.path(), "live", 5);

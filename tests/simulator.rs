@@ -4,6 +4,8 @@
 
 mod common;
 
+use mqtt_provision::api::request;
+
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -39,7 +41,7 @@ async fn every_action_round_trips_with_both_signatures() {
         let c = client_for(&sim, version, None);
         let cid = format!("GID_test@@@dev-{version:?}");
         let reg = c
-            .register_device_credential(&inst, &cid)
+            .send(&request::register_device_credential(&inst, &cid))
             .await
             .unwrap()
             .device_credential;
@@ -48,13 +50,13 @@ async fn every_action_round_trips_with_both_signatures() {
             reg.device_access_key_id.starts_with("DC.") && reg.device_access_key_id.len() == 25
         );
         let got = c
-            .get_device_credential(&inst, &cid)
+            .send(&request::get_device_credential(&inst, &cid))
             .await
             .unwrap()
             .device_credential;
         assert_eq!(got, reg);
         let refreshed = c
-            .refresh_device_credential(&inst, &cid)
+            .send(&request::refresh_device_credential(&inst, &cid))
             .await
             .unwrap()
             .device_credential;
@@ -64,7 +66,9 @@ async fn every_action_round_trips_with_both_signatures() {
             reg.device_access_key_secret
         );
         let page = c
-            .list_device_credential_client_id(&inst, "GID_test", 10, None)
+            .send(&request::list_device_credential_client_id(
+                &inst, "GID_test", 10, None,
+            ))
             .await
             .unwrap();
         assert!(
@@ -72,64 +76,86 @@ async fn every_action_round_trips_with_both_signatures() {
                 .client_id_list
                 .contains(&cid)
         );
-        c.unregister_device_credential(&inst, &cid).await.unwrap();
-        let gone = c.get_device_credential(&inst, &cid).await.unwrap_err();
+        c.send(&request::unregister_device_credential(&inst, &cid))
+            .await
+            .unwrap();
+        let gone = c
+            .send(&request::get_device_credential(&inst, &cid))
+            .await
+            .unwrap_err();
         assert_eq!(
             (gone.class, gone.code.as_str()),
             (ErrorClass::NotFound, "DeviceCredentialNotFound")
         );
         assert!(gone.request_id.is_some());
 
-        let code = c.get_register_code(&inst).await.unwrap().register_code;
+        let code = c
+            .send(&request::get_register_code(&inst))
+            .await
+            .unwrap()
+            .register_code;
         assert_eq!(
             code,
-            c.get_register_code(&inst).await.unwrap().register_code,
+            c.send(&request::get_register_code(&inst))
+                .await
+                .unwrap()
+                .register_code,
             "stable per instance"
         );
-        c.inactivate_device_certificate(&inst, "SN1", "CA1")
+        c.send(&request::inactivate_device_certificate(&inst, "SN1", "CA1"))
             .await
             .unwrap();
         assert_eq!(
-            c.get_device_certificate(&inst, "SN1", "CA1")
+            c.send(&request::get_device_certificate(&inst, "SN1", "CA1"))
                 .await
                 .unwrap()
                 .data
                 .status,
             "0"
         );
-        c.active_device_certificate(&inst, "SN1", "CA1")
+        c.send(&request::active_device_certificate(&inst, "SN1", "CA1"))
             .await
             .unwrap();
         assert_eq!(
-            c.get_device_certificate(&inst, "SN1", "CA1")
+            c.send(&request::get_device_certificate(&inst, "SN1", "CA1"))
                 .await
                 .unwrap()
                 .data
                 .status,
             "1"
         );
-        let list = c.list_device_certificate(&inst, 1, 1).await.unwrap().data;
+        let list = c
+            .send(&request::list_device_certificate(&inst, 1, 1))
+            .await
+            .unwrap()
+            .data;
         assert_eq!((list.total, list.device_certificate_vos.len()), (2, 1));
         let missing = c
-            .inactivate_device_certificate(&inst, "SN9", "CA1")
+            .send(&request::inactivate_device_certificate(&inst, "SN9", "CA1"))
             .await
             .unwrap_err();
         assert_eq!(
             (missing.class, missing.code.as_str()),
             (ErrorClass::NotFound, "FindDeviceBySnError")
         );
-        let bad = c.get_register_code("post-cn-other").await.unwrap_err();
+        let bad = c
+            .send(&request::get_register_code("post-cn-other"))
+            .await
+            .unwrap_err();
         assert_eq!(
             (bad.class, bad.code.as_str()),
             (ErrorClass::Fatal, "MqttInstanceNotFound")
         );
         let bad = c
-            .get_device_credential("post-cn-other", CID)
+            .send(&request::get_device_credential("post-cn-other", CID))
             .await
             .unwrap_err();
         assert_eq!(bad.code, "InstancePermissionCheckFailed");
         let bad = c
-            .register_device_credential(&inst, "GID_test@@@bad/id")
+            .send(&request::register_device_credential(
+                &inst,
+                "GID_test@@@bad/id",
+            ))
             .await
             .unwrap_err();
         assert_eq!(
@@ -154,7 +180,10 @@ async fn wrong_secret_unknown_key_and_sts_tokens_are_refused() {
     .await;
     for version in [SignatureVersion::V3, SignatureVersion::V1] {
         let wrong = client_with_key(&sim, AccessKey::new("AKID", "wrong"), version, None);
-        let e = wrong.get_register_code(&sim.instance_id).await.unwrap_err();
+        let e = wrong
+            .send(&request::get_register_code(&sim.instance_id))
+            .await
+            .unwrap_err();
         assert_eq!(
             (e.class, e.code.as_str(), e.status),
             (ErrorClass::Fatal, "SignatureDoesNotMatch", Some(400))
@@ -167,7 +196,7 @@ async fn wrong_secret_unknown_key_and_sts_tokens_are_refused() {
         assert!(!e.message.contains("wrong") && !e.message.contains("right"));
         let unknown = client_with_key(&sim, AccessKey::new("NOPE", "x"), version, None);
         let e = unknown
-            .get_register_code(&sim.instance_id)
+            .send(&request::get_register_code(&sim.instance_id))
             .await
             .unwrap_err();
         assert_eq!(
@@ -175,11 +204,14 @@ async fn wrong_secret_unknown_key_and_sts_tokens_are_refused() {
             ("InvalidAccessKeyId.NotFound", Some(404))
         );
         let good_sts = client_with_key(&sim, sts.clone(), version, None);
-        good_sts.get_register_code(&sim.instance_id).await.unwrap();
+        good_sts
+            .send(&request::get_register_code(&sim.instance_id))
+            .await
+            .unwrap();
         let no_token = client_with_key(&sim, AccessKey::new("STSID", "sts-secret"), version, None);
         assert_eq!(
             no_token
-                .get_register_code(&sim.instance_id)
+                .send(&request::get_register_code(&sim.instance_id))
                 .await
                 .unwrap_err()
                 .code,
@@ -190,7 +222,7 @@ async fn wrong_secret_unknown_key_and_sts_tokens_are_refused() {
         let mismatched = client_with_key(&sim, other, version, None);
         assert_eq!(
             mismatched
-                .get_register_code(&sim.instance_id)
+                .send(&request::get_register_code(&sim.instance_id))
                 .await
                 .unwrap_err()
                 .code,
@@ -273,8 +305,11 @@ async fn a_second_over_the_account_limit_is_throttled_and_changes_nothing() {
     let mut outcomes = Vec::new();
     for i in 0..8 {
         outcomes.push(
-            c.register_device_credential(&sim.instance_id, &format!("GID_test@@@t{i}"))
-                .await,
+            c.send(&request::register_device_credential(
+                &sim.instance_id,
+                &format!("GID_test@@@t{i}"),
+            ))
+            .await,
         );
     }
     let ok = outcomes.iter().filter(|r| r.is_ok()).count();
@@ -289,7 +324,9 @@ async fn a_second_over_the_account_limit_is_throttled_and_changes_nothing() {
                 retry_after_ms: Some(250)
             }));
     // Another API has its own window.
-    c.get_register_code(&sim.instance_id).await.unwrap();
+    c.send(&request::get_register_code(&sim.instance_id))
+        .await
+        .unwrap();
     let stats = sim.stats();
     assert_eq!(stats.throttled, 3);
     assert_eq!(stats.credentials.live, 5, "throttled calls are not applied");
@@ -302,9 +339,12 @@ async fn a_second_over_the_account_limit_is_throttled_and_changes_nothing() {
         8
     );
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    c.register_device_credential(&sim.instance_id, "GID_test@@@after")
-        .await
-        .unwrap();
+    c.send(&request::register_device_credential(
+        &sim.instance_id,
+        "GID_test@@@after",
+    ))
+    .await
+    .unwrap();
     sim.stop().await;
 }
 
@@ -319,10 +359,13 @@ async fn an_ip_over_its_limit_is_blocked_until_the_block_expires() {
     let blocked = client_for(&sim, SignatureVersion::V3, ip("127.0.0.2"));
     let other = client_for(&sim, SignatureVersion::V3, ip("127.0.0.3"));
     for _ in 0..4 {
-        blocked.get_register_code(&sim.instance_id).await.unwrap();
+        blocked
+            .send(&request::get_register_code(&sim.instance_id))
+            .await
+            .unwrap();
     }
     let e = blocked
-        .get_register_code(&sim.instance_id)
+        .send(&request::get_register_code(&sim.instance_id))
         .await
         .unwrap_err();
     assert_eq!((e.status, e.class), (Some(403), ErrorClass::SourceBlocked));
@@ -331,16 +374,22 @@ async fn an_ip_over_its_limit_is_blocked_until_the_block_expires() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         blocked
-            .get_register_code(&sim.instance_id)
+            .send(&request::get_register_code(&sim.instance_id))
             .await
             .unwrap_err()
             .class,
         ErrorClass::SourceBlocked
     );
-    other.get_register_code(&sim.instance_id).await.unwrap();
+    other
+        .send(&request::get_register_code(&sim.instance_id))
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(700).saturating_sub(started.elapsed())).await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    blocked.get_register_code(&sim.instance_id).await.unwrap();
+    blocked
+        .send(&request::get_register_code(&sim.instance_id))
+        .await
+        .unwrap();
     let stats = sim.stats();
     assert_eq!(stats.blocked_ips, vec!["127.0.0.2".to_owned()]);
     assert_eq!(stats.max_window.per_ip_arrivals["127.0.0.3"], 1);
@@ -405,7 +454,7 @@ async fn each_fault_kind_reaches_the_client_as_its_class() {
         let sim = simulator(config).await;
         let c = client_for(&sim, SignatureVersion::V3, None);
         let e = c
-            .register_device_credential(&sim.instance_id, CID)
+            .send(&request::register_device_credential(&sim.instance_id, CID))
             .await
             .unwrap_err();
         assert!(check(&e), "{e:?}");
@@ -422,22 +471,34 @@ async fn duplicate_modes_and_quota() {
     })
     .await;
     let c = client_for(&sim, SignatureVersion::V3, None);
-    c.register_device_credential(&sim.instance_id, "GID_test@@@a")
-        .await
-        .unwrap();
+    c.send(&request::register_device_credential(
+        &sim.instance_id,
+        "GID_test@@@a",
+    ))
+    .await
+    .unwrap();
     let e = c
-        .register_device_credential(&sim.instance_id, "GID_test@@@a")
+        .send(&request::register_device_credential(
+            &sim.instance_id,
+            "GID_test@@@a",
+        ))
         .await
         .unwrap_err();
     assert_eq!(
         (e.class, e.code.as_str()),
         (ErrorClass::AlreadyExists, "DeviceCredentialExsit")
     );
-    c.register_device_credential(&sim.instance_id, "GID_test@@@b")
-        .await
-        .unwrap();
+    c.send(&request::register_device_credential(
+        &sim.instance_id,
+        "GID_test@@@b",
+    ))
+    .await
+    .unwrap();
     let e = c
-        .register_device_credential(&sim.instance_id, "GID_test@@@c")
+        .send(&request::register_device_credential(
+            &sim.instance_id,
+            "GID_test@@@c",
+        ))
         .await
         .unwrap_err();
     assert_eq!(
@@ -453,12 +514,18 @@ async fn duplicate_modes_and_quota() {
     .await;
     let c = client_for(&sim, SignatureVersion::V3, None);
     let first = c
-        .register_device_credential(&sim.instance_id, "GID_test@@@a")
+        .send(&request::register_device_credential(
+            &sim.instance_id,
+            "GID_test@@@a",
+        ))
         .await
         .unwrap()
         .device_credential;
     let second = c
-        .register_device_credential(&sim.instance_id, "GID_test@@@a")
+        .send(&request::register_device_credential(
+            &sim.instance_id,
+            "GID_test@@@a",
+        ))
         .await
         .unwrap()
         .device_credential;
@@ -467,10 +534,13 @@ async fn duplicate_modes_and_quota() {
         "the latest call wins"
     );
     assert_eq!(
-        c.get_device_credential(&sim.instance_id, "GID_test@@@a")
-            .await
-            .unwrap()
-            .device_credential,
+        c.send(&request::get_device_credential(
+            &sim.instance_id,
+            "GID_test@@@a"
+        ))
+        .await
+        .unwrap()
+        .device_credential,
         second
     );
     assert_eq!(
@@ -491,7 +561,7 @@ async fn state_survives_a_restart() {
     .await;
     let c = client_for(&sim, SignatureVersion::V3, None);
     let cred = c
-        .register_device_credential(&sim.instance_id, CID)
+        .send(&request::register_device_credential(&sim.instance_id, CID))
         .await
         .unwrap()
         .device_credential;
@@ -503,14 +573,14 @@ async fn state_survives_a_restart() {
     .await;
     let c = client_for(&sim, SignatureVersion::V3, None);
     assert_eq!(
-        c.get_device_credential(&sim.instance_id, CID)
+        c.send(&request::get_device_credential(&sim.instance_id, CID))
             .await
             .unwrap()
             .device_credential,
         cred
     );
     assert_eq!(
-        c.register_device_credential(&sim.instance_id, CID)
+        c.send(&request::register_device_credential(&sim.instance_id, CID))
             .await
             .unwrap_err()
             .code,

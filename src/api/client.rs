@@ -15,7 +15,7 @@ use super::actions::*;
 use super::credentials::AccessKey;
 use super::endpoint::Endpoint;
 use super::error::ApiError;
-use super::request::{self, Request};
+use super::request::Request;
 use super::sign::{self, SignatureVersion};
 
 /// What the SDK sends as `user-agent`; ours names the tool instead.
@@ -202,7 +202,7 @@ impl OnsMqttClient {
     }
 
     /// Sends one call and returns the body of a 2xx answer.
-    pub async fn call(
+    async fn call(
         &self,
         action: Action,
         params: &[(&str, &str)],
@@ -282,124 +282,6 @@ impl OnsMqttClient {
             err.status = Some(200);
             err
         })
-    }
-
-    pub async fn register_device_credential(
-        &self,
-        instance_id: &str,
-        client_id: &str,
-    ) -> Result<DeviceCredentialResponse, ApiError> {
-        self.send(&request::register_device_credential(instance_id, client_id))
-            .await
-    }
-
-    pub async fn get_device_credential(
-        &self,
-        instance_id: &str,
-        client_id: &str,
-    ) -> Result<DeviceCredentialResponse, ApiError> {
-        self.send(&request::get_device_credential(instance_id, client_id))
-            .await
-    }
-
-    pub async fn refresh_device_credential(
-        &self,
-        instance_id: &str,
-        client_id: &str,
-    ) -> Result<DeviceCredentialResponse, ApiError> {
-        self.send(&request::refresh_device_credential(instance_id, client_id))
-            .await
-    }
-
-    pub async fn unregister_device_credential(
-        &self,
-        instance_id: &str,
-        client_id: &str,
-    ) -> Result<EmptyResponse, ApiError> {
-        self.send(&request::unregister_device_credential(
-            instance_id,
-            client_id,
-        ))
-        .await
-    }
-
-    pub async fn list_device_credential_client_id(
-        &self,
-        instance_id: &str,
-        group_id: &str,
-        page_size: u32,
-        next_token: Option<&str>,
-    ) -> Result<ClientIdListResponse, ApiError> {
-        self.send(&request::list_device_credential_client_id(
-            instance_id,
-            group_id,
-            page_size,
-            next_token,
-        ))
-        .await
-    }
-
-    pub async fn get_register_code(
-        &self,
-        instance_id: &str,
-    ) -> Result<RegisterCodeResponse, ApiError> {
-        self.send(&request::get_register_code(instance_id)).await
-    }
-
-    pub async fn inactivate_device_certificate(
-        &self,
-        instance_id: &str,
-        device_sn: &str,
-        ca_sn: &str,
-    ) -> Result<DeviceSnResponse, ApiError> {
-        self.send(&request::inactivate_device_certificate(
-            instance_id,
-            device_sn,
-            ca_sn,
-        ))
-        .await
-    }
-
-    pub async fn active_device_certificate(
-        &self,
-        instance_id: &str,
-        device_sn: &str,
-        ca_sn: &str,
-    ) -> Result<DeviceSnResponse, ApiError> {
-        self.send(&request::active_device_certificate(
-            instance_id,
-            device_sn,
-            ca_sn,
-        ))
-        .await
-    }
-
-    pub async fn get_device_certificate(
-        &self,
-        instance_id: &str,
-        device_sn: &str,
-        ca_sn: &str,
-    ) -> Result<DeviceCertificateResponse, ApiError> {
-        self.send(&request::get_device_certificate(
-            instance_id,
-            device_sn,
-            ca_sn,
-        ))
-        .await
-    }
-
-    pub async fn list_device_certificate(
-        &self,
-        instance_id: &str,
-        page_no: u32,
-        page_size: u32,
-    ) -> Result<DeviceCertificateListResponse, ApiError> {
-        self.send(&request::list_device_certificate(
-            instance_id,
-            page_no,
-            page_size,
-        ))
-        .await
     }
 }
 

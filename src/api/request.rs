@@ -35,57 +35,45 @@ impl<T> Request<T> {
 }
 
 /// `ClientId` and `InstanceId`: the parameters of every credential action.
-fn credential(instance_id: &str, client_id: &str) -> Vec<(&'static str, String)> {
-    vec![
-        ("ClientId", client_id.to_owned()),
-        ("InstanceId", instance_id.to_owned()),
-    ]
+fn credential<T>(action: Action, instance_id: &str, client_id: &str) -> Request<T> {
+    Request::new(
+        action,
+        vec![
+            ("ClientId", client_id.to_owned()),
+            ("InstanceId", instance_id.to_owned()),
+        ],
+    )
 }
 
 /// `CaSn`, `DeviceSn` and `MqttInstanceId`: the parameters of every device-certificate action.
-fn certificate(instance_id: &str, device_sn: &str, ca_sn: &str) -> Vec<(&'static str, String)> {
-    vec![
-        ("CaSn", ca_sn.to_owned()),
-        ("DeviceSn", device_sn.to_owned()),
-        ("MqttInstanceId", instance_id.to_owned()),
-    ]
-}
-
-pub fn register_device_credential(
-    instance_id: &str,
-    client_id: &str,
-) -> Request<DeviceCredentialResponse> {
+fn certificate<T>(action: Action, instance_id: &str, device_sn: &str, ca_sn: &str) -> Request<T> {
     Request::new(
-        Action::RegisterDeviceCredential,
-        credential(instance_id, client_id),
+        action,
+        vec![
+            ("CaSn", ca_sn.to_owned()),
+            ("DeviceSn", device_sn.to_owned()),
+            ("MqttInstanceId", instance_id.to_owned()),
+        ],
     )
 }
 
-pub fn get_device_credential(
-    instance_id: &str,
-    client_id: &str,
-) -> Request<DeviceCredentialResponse> {
-    Request::new(
-        Action::GetDeviceCredential,
-        credential(instance_id, client_id),
-    )
+/// Register, Get and Refresh all answer with the device's credential.
+pub type CredentialRequest = Request<DeviceCredentialResponse>;
+
+pub fn register_device_credential(instance: &str, client_id: &str) -> CredentialRequest {
+    credential(Action::RegisterDeviceCredential, instance, client_id)
 }
 
-pub fn refresh_device_credential(
-    instance_id: &str,
-    client_id: &str,
-) -> Request<DeviceCredentialResponse> {
-    Request::new(
-        Action::RefreshDeviceCredential,
-        credential(instance_id, client_id),
-    )
+pub fn get_device_credential(instance: &str, client_id: &str) -> CredentialRequest {
+    credential(Action::GetDeviceCredential, instance, client_id)
 }
 
-pub fn unregister_device_credential(instance_id: &str, client_id: &str) -> Request<EmptyResponse> {
-    Request::new(
-        Action::UnRegisterDeviceCredential,
-        credential(instance_id, client_id),
-    )
+pub fn refresh_device_credential(instance: &str, client_id: &str) -> CredentialRequest {
+    credential(Action::RefreshDeviceCredential, instance, client_id)
+}
+
+pub fn unregister_device_credential(instance: &str, client_id: &str) -> Request<EmptyResponse> {
+    credential(Action::UnRegisterDeviceCredential, instance, client_id)
 }
 
 pub fn list_device_credential_client_id(
@@ -113,36 +101,32 @@ pub fn get_register_code(instance_id: &str) -> Request<RegisterCodeResponse> {
 }
 
 pub fn inactivate_device_certificate(
-    instance_id: &str,
+    instance: &str,
     device_sn: &str,
     ca_sn: &str,
 ) -> Request<DeviceSnResponse> {
-    Request::new(
+    certificate(
         Action::InactivateDeviceCertificate,
-        certificate(instance_id, device_sn, ca_sn),
+        instance,
+        device_sn,
+        ca_sn,
     )
 }
 
 pub fn active_device_certificate(
-    instance_id: &str,
+    instance: &str,
     device_sn: &str,
     ca_sn: &str,
 ) -> Request<DeviceSnResponse> {
-    Request::new(
-        Action::ActiveDeviceCertificate,
-        certificate(instance_id, device_sn, ca_sn),
-    )
+    certificate(Action::ActiveDeviceCertificate, instance, device_sn, ca_sn)
 }
 
 pub fn get_device_certificate(
-    instance_id: &str,
+    instance: &str,
     device_sn: &str,
     ca_sn: &str,
 ) -> Request<DeviceCertificateResponse> {
-    Request::new(
-        Action::GetDeviceCertificate,
-        certificate(instance_id, device_sn, ca_sn),
-    )
+    certificate(Action::GetDeviceCertificate, instance, device_sn, ca_sn)
 }
 
 pub fn list_device_certificate(
