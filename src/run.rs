@@ -14,7 +14,7 @@ use crate::api::credentials::{self, AccessKey};
 use crate::api::{ClientConfig, Endpoint, OnsMqttClient};
 use crate::cli::*;
 use crate::input::{CsvRows, InputSpec};
-use crate::ledger::{Ledger, LedgerError};
+use crate::ledger::{Ledger, LedgerError, LedgerLocation};
 use crate::pipeline::{self, Operation, PaceConfig, RunPlan};
 use crate::progress::{self, Counters, ProgressMode};
 use crate::report::{self, OperationStatus};
@@ -42,11 +42,9 @@ fn halted(error: impl Into<anyhow::Error>) -> Failure {
 }
 
 fn ledger_failure(e: LedgerError) -> Failure {
-    match e {
-        LedgerError::Busy { .. }
-        | LedgerError::WrongInstance { .. }
-        | LedgerError::Missing { .. } => usage(e),
-        _ => halted(e),
+    Failure {
+        code: e.exit_code(),
+        error: e.into(),
     }
 }
 
@@ -330,7 +328,7 @@ async fn ingest(
 /// Files whose content was already fully ingested (same bytes, same reading) are skipped:
 /// rerunning on a completed million-row ledger must not re-read a million rows twice.
 async fn files_to_ingest(
-    ledger_path: &std::path::Path,
+    ledger_path: &LedgerLocation,
     operation: &str,
     files: &[PathBuf],
     spec: &InputSpec,
@@ -459,7 +457,8 @@ async fn run_operation(
         // Name the file exactly as the reader does.
         validate_files(&args.files, &spec)?;
     }
-    let fresh = files_to_ingest(&args.ledger.ledger, operation.name(), &args.files, &spec).await?;
+    let location = LedgerLocation::parse(&args.ledger.ledger).map_err(ledger_failure)?;
+    let fresh = files_to_ingest(&location, operation.name(), &args.files, &spec).await?;
     let fresh_files: Vec<PathBuf> = fresh.iter().map(|(f, _)| f.clone()).collect();
     validate_files(&fresh_files, &spec)?;
     let progress_mode = if args.output.quiet {
@@ -483,7 +482,7 @@ async fn run_operation(
     };
 
     let ledger = Arc::new(
-        Ledger::open(&args.ledger.ledger, &instance_id)
+        Ledger::open(&location, &instance_id)
             .await
             .map_err(ledger_failure)?,
     );
@@ -750,7 +749,8 @@ async fn cert_list(args: ListArgs, context: &RunContext) -> Result<i32, Failure>
 }
 
 async fn status(args: StatusArgs) -> Result<i32, Failure> {
-    let ledger = Ledger::open_existing(&args.ledger.ledger)
+    let location = LedgerLocation::parse(&args.ledger.ledger).map_err(ledger_failure)?;
+    let ledger = Ledger::open_existing(&location)
         .await
         .map_err(ledger_failure)?;
     let mut operations = Vec::new();
@@ -804,7 +804,8 @@ async fn status(args: StatusArgs) -> Result<i32, Failure> {
 }
 
 async fn export(args: ExportArgs) -> Result<i32, Failure> {
-    let ledger = Ledger::open_existing(&args.ledger.ledger)
+    let location = LedgerLocation::parse(&args.ledger.ledger).map_err(ledger_failure)?;
+    let ledger = Ledger::open_existing(&location)
         .await
         .map_err(ledger_failure)?;
     let json = args.format == ExportFormat::Json;

@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use mqtt_provision::api::SignatureVersion;
-use mqtt_provision::ledger::{ItemState, Ledger};
+use mqtt_provision::ledger::{ItemState, Ledger, LedgerLocation};
 use mqtt_provision::report::OperationStatus;
 use mqtt_provision::sim::{DupMode, SimConfig};
 
@@ -21,7 +21,9 @@ fn fast(config: SimConfig) -> SimConfig {
 }
 
 async fn status(ledger: &std::path::Path) -> OperationStatus {
-    let l = Ledger::open_existing(ledger).await.unwrap();
+    let l = Ledger::open_existing(&LedgerLocation::from(ledger))
+        .await
+        .unwrap();
     OperationStatus::load(&l, "register").await.unwrap()
 }
 
