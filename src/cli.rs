@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::api::{Endpoint, SignatureVersion};
 use crate::exit;
-use crate::ledger::ItemState;
+use crate::ledger::{ItemState, LedgerLocation};
 use crate::sim::SimConfig;
 
 #[derive(Debug, Parser)]
@@ -174,9 +174,9 @@ pub struct InputArgs {
 
 #[derive(Debug, Args)]
 pub struct LedgerArgs {
-    /// The SQLite ledger (created 0600; one per instance).
-    #[arg(long, value_name = "PATH", default_value = "provision.sqlite")]
-    pub ledger: PathBuf,
+    /// The ledger: a SQLite file (created 0600; one per instance), or `sqlite:PATH`.
+    #[arg(long, value_name = "PATH", default_value = "provision.sqlite", value_parser = parse_ledger)]
+    pub ledger: LedgerLocation,
 }
 
 #[derive(Debug, Args)]
@@ -290,6 +290,10 @@ pub enum OperationName {
 pub struct SimulateArgs {
     #[command(flatten)]
     pub config: SimConfig,
+}
+
+fn parse_ledger(raw: &str) -> Result<LedgerLocation, String> {
+    LedgerLocation::parse(std::path::Path::new(raw)).map_err(|e| e.to_string())
 }
 
 fn parse_endpoint(raw: &str) -> Result<Endpoint, String> {

@@ -105,14 +105,8 @@ impl Failure {
 
 impl From<LedgerError> for Failure {
     fn from(e: LedgerError) -> Failure {
-        let code = match e {
-            LedgerError::Busy { .. }
-            | LedgerError::WrongInstance { .. }
-            | LedgerError::Missing { .. } => ExitCode::Usage,
-            _ => ExitCode::Halted,
-        };
         Failure {
-            code,
+            code: e.exit_code(),
             error: e.into(),
         }
     }

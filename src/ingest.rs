@@ -5,13 +5,13 @@
 //! files are stored in batches, and each file's fingerprint is recorded once all of it is in,
 //! so a rerun does not read an unchanged file again. It never sends anything.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::anyhow;
 
 use crate::exit::Failure;
 use crate::input::{self, CsvRows, InputSpec};
-use crate::ledger::{IngestCounts, Ledger};
+use crate::ledger::{IngestCounts, Ledger, LedgerLocation};
 
 /// Rows per ingest transaction.
 const BATCH: usize = 5000;
@@ -35,7 +35,7 @@ pub fn validate(files: &[PathBuf], spec: &InputSpec) -> Result<(), Failure> {
 /// The files whose content was not fully ingested already (same bytes, same reading):
 /// rerunning on a completed million-row ledger must not read a million rows again.
 pub async fn fresh_files(
-    ledger_path: &Path,
+    location: &LedgerLocation,
     operation: &str,
     files: &[PathBuf],
     spec: &InputSpec,
@@ -44,9 +44,9 @@ pub async fn fresh_files(
         // Name the file exactly as the reader does.
         validate(files, spec)?;
     }
-    let existing = if ledger_path.exists() {
+    let existing = if location.exists() {
         Some(
-            Ledger::open_existing(ledger_path)
+            Ledger::open_existing(location)
                 .await
                 .map_err(Failure::from)?,
         )

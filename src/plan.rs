@@ -19,7 +19,7 @@ use crate::cli::{
 use crate::client_id::ClientId;
 use crate::exit::Failure;
 use crate::input::InputSpec;
-use crate::ledger::ItemState;
+use crate::ledger::{ItemState, LedgerLocation};
 use crate::pipeline::{Operation, PaceConfig, RunPlan};
 use crate::progress::ProgressMode;
 use crate::sim;
@@ -91,7 +91,7 @@ pub struct BulkPlan {
     pub operation: Operation,
     pub files: Vec<PathBuf>,
     pub input: InputSpec,
-    pub ledger: PathBuf,
+    pub ledger: LedgerLocation,
     pub dry_run: bool,
     pub access: AccessPlan,
     pub pace: PaceConfig,
@@ -211,7 +211,7 @@ pub enum ExportSelection {
 
 #[derive(Debug, Clone)]
 pub struct ExportPlan {
-    pub ledger: PathBuf,
+    pub ledger: LedgerLocation,
     pub operation: Operation,
     pub selection: ExportSelection,
     pub json: bool,

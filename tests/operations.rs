@@ -8,7 +8,7 @@ use mqtt_provision::api::request;
 
 use common::*;
 use mqtt_provision::api::SignatureVersion;
-use mqtt_provision::ledger::Ledger;
+use mqtt_provision::ledger::{Ledger, LedgerLocation};
 use mqtt_provision::report::OperationStatus;
 use mqtt_provision::sim::{SimConfig, SimHandle};
 
@@ -106,7 +106,9 @@ async fn counts(
     ledger: &std::path::Path,
     operation: &str,
 ) -> std::collections::BTreeMap<String, i64> {
-    let l = Ledger::open_existing(ledger).await.unwrap();
+    let l = Ledger::open_existing(&LedgerLocation::from(ledger))
+        .await
+        .unwrap();
     OperationStatus::load(&l, operation).await.unwrap().counts
 }
 
@@ -345,7 +347,9 @@ async fn rotate_keeps_the_previous_secret_until_exported() {
     let run = Run::new(CASES[1].command, &csv, &ledger, &sim);
     assert_eq!(run.exit(&FAST, &ctx).await, 0);
     let kept = |l: std::path::PathBuf| async move {
-        let l = Ledger::open_existing(&l).await.unwrap();
+        let l = Ledger::open_existing(&LedgerLocation::from(l))
+            .await
+            .unwrap();
         let rows = l.export_page("rotate", &["rotated"], 0, 100).await.unwrap();
         rows.iter().filter(|r| r.previous_secret.is_some()).count()
     };

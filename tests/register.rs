@@ -6,7 +6,7 @@ use mqtt_provision::api::request;
 
 use common::*;
 use mqtt_provision::api::SignatureVersion;
-use mqtt_provision::ledger::{ItemState, Ledger};
+use mqtt_provision::ledger::{ItemState, Ledger, LedgerLocation};
 use mqtt_provision::report::OperationStatus;
 use mqtt_provision::sim::{DupMode, SimConfig};
 
@@ -23,7 +23,9 @@ fn fast(config: SimConfig) -> SimConfig {
 }
 
 async fn status(ledger: &std::path::Path) -> OperationStatus {
-    let l = Ledger::open_existing(ledger).await.unwrap();
+    let l = Ledger::open_existing(&LedgerLocation::from(ledger))
+        .await
+        .unwrap();
     OperationStatus::load(&l, "register").await.unwrap()
 }
 

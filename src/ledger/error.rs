@@ -1,0 +1,73 @@
+//! What can go wrong with a ledger, in the words an operator acts on, and the exit code each
+//! failure means.
+//!
+//! It owns the operator's wording and the one `match` from failure to exit code. A backend
+//! turns its driver's errors into these variants, keeping the database's own message as text;
+//! this module must never carry a driver's error type (`sqlx::Error`, a migration error), so
+//! callers decide on the same variants whichever backend holds the ledger.
+
+use crate::exit::ExitCode;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("ledger {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "ledger {path} is in use by another mqtt-provision process (lock {path}.lock); wait for it to finish, or use another --ledger"
+    )]
+    Busy { path: String },
+    #[error(
+        "ledger {path} belongs to instance {found}, not {wanted}; use another --ledger for another instance"
+    )]
+    WrongInstance {
+        path: String,
+        found: String,
+        wanted: String,
+    },
+    #[error(
+        "ledger {path} does not exist; run a command that creates it first (for example `register`)"
+    )]
+    Missing { path: String },
+    /// A `--ledger` value naming a kind of ledger this version cannot open. `location` is shown
+    /// without what may follow the scheme (a URL can carry a password).
+    #[error("ledger {location}: {reason}")]
+    Unsupported { location: String, reason: String },
+    /// `message`: what went wrong in the operator's words, then the database's own.
+    #[error("ledger {path}: {message}")]
+    Database { path: String, message: String },
+    /// `message`: the migrator's error with its causes, as `{:#}` printed them.
+    #[error("ledger {path}: migrating the schema failed: {message}")]
+    Migrate { path: String, message: String },
+}
+
+impl LedgerError {
+    /// The exit code this failure means: usage when the command was pointed at the wrong ledger
+    /// and nothing was sent, halted when the ledger failed under a run.
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            LedgerError::Busy { .. }
+            | LedgerError::WrongInstance { .. }
+            | LedgerError::Missing { .. }
+            | LedgerError::Unsupported { .. } => ExitCode::Usage,
+            LedgerError::Io { .. } | LedgerError::Database { .. } | LedgerError::Migrate { .. } => {
+                ExitCode::Halted
+            }
+        }
+    }
+}
+
+/// An error and its causes joined with ": ", as anyhow's `{:#}` prints a chain: the command edge
+/// shows the text exactly as it did when the driver's error itself was the source.
+pub(super) fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}

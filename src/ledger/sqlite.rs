@@ -1,0 +1,589 @@
+//! The SQLite backend of the ledger: one file (WAL, FULL sync, one connection), its lock file,
+//! its migrations (`migrations/sqlite/`, embedded) and every SQL statement run against it.
+//!
+//! It owns everything SQLite-specific: the lock that keeps a second worker off the file,
+//! `rowid`, bare columns beside an aggregate, result codes and what they mean to an operator,
+//! `QueryBuilder::<Sqlite>`. It must never let a `sqlx` type out: it answers in the ledger's
+//! own types and turns every driver error into a [`LedgerError`] that carries SQLite's message
+//! as text. It knows nothing of HTTP, CSV parsing or exit codes.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sqlx::migrate::MigrateError;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{QueryBuilder, Row as _, Sqlite, SqlitePool};
+
+use super::error::with_causes;
+use super::private_file::create_private;
+use super::{
+    ErrorGroup, ExportRow, IngestCounts, ItemState, LedgerError, OutcomeRecord, WorkItem, now_ms,
+};
+use crate::input::Row;
+use crate::secret::Secret;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// Rows per multi-row statement: 500 rows × ≤ 10 binds stays far below SQLite's 32 766.
+const BATCH: usize = 500;
+
+/// What went wrong, in the words an operator acts on, then SQLite's own.
+fn describe(error: &sqlx::Error) -> String {
+    let sqlx::Error::Database(db) = error else {
+        return error.to_string();
+    };
+    // SQLite's primary result code is the low byte of the extended code sqlx reports.
+    let primary = db
+        .code()
+        .and_then(|c| c.parse::<i32>().ok())
+        .map(|c| c & 0xff);
+    let hint = match primary {
+        Some(13) => "the disk is full; free space, then rerun",
+        Some(14) => "cannot open the file; its directory may be missing, read-only or full",
+        Some(8) => "the file or its file system is read-only",
+        Some(10) => "the disk failed to read or write",
+        Some(5) | Some(6) => "another process holds the database locked",
+        _ => return format!("SQLite: {}", db.message()),
+    };
+    format!("{hint} (SQLite: {})", db.message())
+}
+
+fn database_error(path: &str, error: &sqlx::Error) -> LedgerError {
+    LedgerError::Database {
+        path: path.to_owned(),
+        message: describe(error),
+    }
+}
+
+fn migrate_error(path: &str, error: &MigrateError) -> LedgerError {
+    // The text the command edge printed when the migrator's error was this error's source: its
+    // message inside ours, then again as the first link of the chain, then its causes. Kept
+    // word for word; dropping the repeat is a change of message of its own.
+    LedgerError::Migrate {
+        path: path.to_owned(),
+        message: format!("{error}: {}", with_causes(error)),
+    }
+}
+
+/// A SQLite ledger file, open.
+pub(super) struct SqliteStore {
+    pool: SqlitePool,
+    /// The file as messages name it.
+    path: String,
+    /// Held for the store's lifetime when opened for a run: a second worker is refused.
+    _lock: Option<File>,
+}
+
+impl SqliteStore {
+    /// Opens (creating, mode 0600) the file for a run, exclusively: the lock file beside it is
+    /// held until the store is dropped.
+    pub(super) async fn open_exclusive(path: &Path) -> Result<SqliteStore, LedgerError> {
+        let shown = path.display().to_string();
+        let io = |source| LedgerError::Io {
+            path: shown.clone(),
+            source,
+        };
+        let lock = create_private(&lock_path(path)).map_err(io)?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(LedgerError::Busy { path: shown });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+        }
+        create_private(path).map_err(io)?;
+        let mut store = Self::connect(path).await?;
+        store._lock = Some(lock);
+        Ok(store)
+    }
+
+    /// Opens an existing file to read it (`status`, `export`), alongside a running worker.
+    pub(super) async fn open_shared(path: &Path) -> Result<SqliteStore, LedgerError> {
+        if !path.exists() {
+            return Err(LedgerError::Missing {
+                path: path.display().to_string(),
+            });
+        }
+        Self::connect(path).await
+    }
+
+    async fn connect(path: &Path) -> Result<SqliteStore, LedgerError> {
+        let shown = path.display().to_string();
+        // WAL lets `status` read during a run; FULL makes each batched commit durable across
+        // power loss, which matters for the claim written before a call (4 commits/s: cheap).
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(5));
+        // One connection: the claimer, the writer and reports take turns, never SQLITE_BUSY
+        // among themselves.
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options)
+            .await
+            .map_err(|e| database_error(&shown, &e))?;
+        MIGRATOR
+            .run(&pool)
+            .await
+            .map_err(|e| migrate_error(&shown, &e))?;
+        Ok(SqliteStore {
+            pool,
+            path: shown,
+            _lock: None,
+        })
+    }
+
+    fn db(&self, error: sqlx::Error) -> LedgerError {
+        database_error(&self.path, &error)
+    }
+
+    pub(super) fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// The instance the ledger was created for, if it was set yet.
+    pub(super) async fn instance_id(&self) -> Result<Option<String>, LedgerError> {
+        sqlx::query_scalar("SELECT value FROM ledger_meta WHERE key = 'instance_id'")
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| self.db(e))
+    }
+
+    pub(super) async fn set_instance_id(&self, instance_id: &str) -> Result<(), LedgerError> {
+        sqlx::query("INSERT INTO ledger_meta (key, value) VALUES ('instance_id', $1)")
+            .bind(instance_id)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.db(e))?;
+        Ok(())
+    }
+
+    pub(super) async fn ingest(
+        &self,
+        operation: &str,
+        rows: &[Row],
+    ) -> Result<IngestCounts, LedgerError> {
+        let mut counts = IngestCounts {
+            rows: rows.len() as u64,
+            ..Default::default()
+        };
+        let now = now_ms();
+        let mut tx = self.pool.begin().await.map_err(|e| self.db(e))?;
+        let valid: Vec<(String, &str, u64)> = rows
+            .iter()
+            .filter_map(|r| match r {
+                Row::Valid { target, file, line } => Some((target.key(), &**file, *line)),
+                Row::Invalid { .. } => None,
+            })
+            .collect();
+        for chunk in valid.chunks(BATCH) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO items (operation, target, state, source_file, source_line, created_at, updated_at) ",
+            );
+            q.push_values(chunk, |mut b, (target, file, line)| {
+                b.push_bind(operation)
+                    .push_bind(target.as_str())
+                    .push_bind("pending")
+                    .push_bind(*file)
+                    .push_bind(*line as i64)
+                    .push_bind(now)
+                    .push_bind(now);
+            });
+            q.push(" ON CONFLICT (operation, target) DO NOTHING");
+            let done = q.build().execute(&mut *tx).await.map_err(|e| self.db(e))?;
+            counts.new_targets += done.rows_affected();
+            counts.duplicates += chunk.len() as u64 - done.rows_affected();
+        }
+        let invalid: Vec<(&str, u64, &str, &str)> = rows
+            .iter()
+            .filter_map(|r| match r {
+                Row::Invalid {
+                    raw,
+                    file,
+                    line,
+                    reason,
+                } => Some((&**file, *line, raw.as_str(), reason.as_str())),
+                Row::Valid { .. } => None,
+            })
+            .collect();
+        counts.invalid = invalid.len() as u64;
+        for chunk in invalid.chunks(BATCH) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO rejects (operation, source_file, source_line, raw, reason, created_at) ",
+            );
+            q.push_values(chunk, |mut b, (file, line, raw, reason)| {
+                b.push_bind(operation)
+                    .push_bind(*file)
+                    .push_bind(*line as i64)
+                    .push_bind(*raw)
+                    .push_bind(*reason)
+                    .push_bind(now);
+            });
+            q.push(" ON CONFLICT (operation, source_file, source_line) DO UPDATE SET raw = excluded.raw, reason = excluded.reason");
+            q.build().execute(&mut *tx).await.map_err(|e| self.db(e))?;
+        }
+        tx.commit().await.map_err(|e| self.db(e))?;
+        Ok(counts)
+    }
+
+    pub(super) async fn was_ingested(
+        &self,
+        operation: &str,
+        sha256: &str,
+        spec: &str,
+    ) -> Result<bool, LedgerError> {
+        let found: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM inputs WHERE operation = $1 AND sha256 = $2 AND spec = $3",
+        )
+        .bind(operation)
+        .bind(sha256)
+        .bind(spec)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| self.db(e))?;
+        Ok(found.is_some())
+    }
+
+    pub(super) async fn mark_ingested(
+        &self,
+        operation: &str,
+        sha256: &str,
+        spec: &str,
+        path: &str,
+        rows: u64,
+    ) -> Result<(), LedgerError> {
+        sqlx::query("INSERT INTO inputs (operation, sha256, spec, path, rows, ingested_at) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (operation, sha256, spec) DO UPDATE SET path = excluded.path, ingested_at = excluded.ingested_at")
+            .bind(operation)
+            .bind(sha256)
+            .bind(spec)
+            .bind(path)
+            .bind(rows as i64)
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.db(e))?;
+        Ok(())
+    }
+
+    pub(super) async fn retry_failed(&self, operation: &str) -> Result<u64, LedgerError> {
+        let done = sqlx::query("UPDATE items SET state = 'pending', updated_at = $1 WHERE operation = $2 AND state = 'failed'")
+            .bind(now_ms())
+            .bind(operation)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.db(e))?;
+        Ok(done.rows_affected())
+    }
+
+    pub(super) async fn claim(
+        &self,
+        operation: &str,
+        after_id: i64,
+        limit: i64,
+        marks_effect: bool,
+    ) -> Result<Vec<WorkItem>, LedgerError> {
+        let mut tx = self.pool.begin().await.map_err(|e| self.db(e))?;
+        let rows = sqlx::query("SELECT id, target, attempts, maybe_applied FROM items WHERE operation = $1 AND state = 'pending' AND id > $2 ORDER BY id LIMIT $3")
+            .bind(operation)
+            .bind(after_id)
+            .bind(limit)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(|e| self.db(e))?;
+        let items: Vec<WorkItem> = rows
+            .iter()
+            .map(|r| WorkItem {
+                id: r.get(0),
+                target: r.get(1),
+                attempts: r.get(2),
+                maybe_applied: r.get::<i64, _>(3) != 0,
+            })
+            .collect();
+        if marks_effect && let (Some(first), Some(last)) = (items.first(), items.last()) {
+            sqlx::query("UPDATE items SET maybe_applied = 1, updated_at = $1 WHERE operation = $2 AND state = 'pending' AND id >= $3 AND id <= $4")
+                .bind(now_ms())
+                .bind(operation)
+                .bind(first.id)
+                .bind(last.id)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.db(e))?;
+        }
+        tx.commit().await.map_err(|e| self.db(e))?;
+        Ok(items)
+    }
+
+    pub(super) async fn record(
+        &self,
+        operation: &str,
+        outcomes: &[OutcomeRecord],
+    ) -> Result<(), LedgerError> {
+        if outcomes.is_empty() {
+            return Ok(());
+        }
+        let now = now_ms();
+        let mut tx = self.pool.begin().await.map_err(|e| self.db(e))?;
+        for chunk in outcomes.chunks(BATCH) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "WITH v(target, state, attempts_added, maybe_applied, code, message, request_id, key_id, key_secret, previous_secret) AS (",
+            );
+            q.push_values(chunk, |mut b, o| {
+                b.push_bind(o.target.as_str())
+                    .push_bind(o.state.as_str())
+                    .push_bind(o.attempts_added)
+                    .push_bind(i64::from(o.maybe_applied))
+                    .push_bind(o.code.as_deref())
+                    .push_bind(o.message.as_deref())
+                    .push_bind(o.request_id.as_deref())
+                    .push_bind(o.credential.as_ref().map(|c| c.0.as_str()))
+                    .push_bind(o.credential.as_ref().map(|c| c.1.expose()))
+                    .push_bind(o.previous_secret.as_ref().map(Secret::expose));
+            });
+            q.push(
+                ") UPDATE items SET state = v.state, attempts = items.attempts + v.attempts_added, \
+                 maybe_applied = v.maybe_applied, \
+                 last_code = CASE WHEN v.code IS NULL AND v.state = 'pending' THEN items.last_code ELSE v.code END, \
+                 last_message = CASE WHEN v.code IS NULL AND v.state = 'pending' THEN items.last_message ELSE v.message END, \
+                 last_request_id = COALESCE(v.request_id, items.last_request_id), \
+                 device_access_key_id = COALESCE(v.key_id, items.device_access_key_id), \
+                 device_access_key_secret = COALESCE(v.key_secret, items.device_access_key_secret), \
+                 previous_secret = COALESCE(v.previous_secret, items.previous_secret), updated_at = ",
+            );
+            q.push_bind(now);
+            q.push(" FROM v WHERE items.operation = ");
+            q.push_bind(operation);
+            q.push(" AND items.target = v.target");
+            q.build().execute(&mut *tx).await.map_err(|e| self.db(e))?;
+        }
+        tx.commit().await.map_err(|e| self.db(e))?;
+        Ok(())
+    }
+
+    pub(super) async fn counts(
+        &self,
+        operation: &str,
+    ) -> Result<BTreeMap<String, i64>, LedgerError> {
+        let rows =
+            sqlx::query("SELECT state, COUNT(*) FROM items WHERE operation = $1 GROUP BY state")
+                .bind(operation)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| self.db(e))?;
+        let mut out: BTreeMap<String, i64> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        let rejects: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM rejects WHERE operation = $1")
+            .bind(operation)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| self.db(e))?;
+        if rejects > 0 {
+            *out.entry(ItemState::Invalid.as_str().to_owned())
+                .or_default() += rejects;
+        }
+        Ok(out)
+    }
+
+    pub(super) async fn operations(&self) -> Result<Vec<String>, LedgerError> {
+        sqlx::query_scalar("SELECT DISTINCT operation FROM items UNION SELECT DISTINCT operation FROM rejects ORDER BY 1")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.db(e))
+    }
+
+    pub(super) async fn error_groups(
+        &self,
+        operation: &str,
+    ) -> Result<Vec<ErrorGroup>, LedgerError> {
+        // SQLite takes the bare columns from the row that MIN(id) picked.
+        let rows = sqlx::query(
+            "SELECT last_code, COUNT(*), MIN(id), target, last_request_id, last_message FROM items \
+             WHERE operation = $1 AND last_code IS NOT NULL AND state IN ('pending', 'failed', 'invalid') \
+             GROUP BY last_code ORDER BY COUNT(*) DESC",
+        )
+        .bind(operation)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.db(e))?;
+        let mut groups: Vec<ErrorGroup> = rows
+            .iter()
+            .map(|r| ErrorGroup {
+                code: r.get(0),
+                count: r.get(1),
+                example_target: r.get(3),
+                example_request_id: r.get(4),
+                message: r.get(5),
+            })
+            .collect();
+        let rejects = sqlx::query("SELECT reason, COUNT(*), source_file, source_line FROM rejects WHERE operation = $1 GROUP BY reason ORDER BY COUNT(*) DESC LIMIT 20")
+            .bind(operation)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.db(e))?;
+        for r in rejects {
+            let (file, line): (String, i64) = (r.get(2), r.get(3));
+            groups.push(ErrorGroup {
+                code: "InvalidInput".into(),
+                count: r.get(1),
+                example_target: format!("{file}:{line}"),
+                example_request_id: None,
+                message: Some(r.get(0)),
+            });
+        }
+        Ok(groups)
+    }
+
+    pub(super) async fn export_page(
+        &self,
+        operation: &str,
+        states: &[&str],
+        after_id: i64,
+        limit: i64,
+    ) -> Result<Vec<ExportRow>, LedgerError> {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "SELECT id, target, state, device_access_key_id, device_access_key_secret, source_file, source_line, last_code, last_message, last_request_id, previous_secret FROM items WHERE operation = ",
+        );
+        q.push_bind(operation);
+        q.push(" AND id > ");
+        q.push_bind(after_id);
+        q.push(" AND state IN (");
+        let mut sep = q.separated(", ");
+        for s in states {
+            sep.push_bind(*s);
+        }
+        q.push(") ORDER BY id LIMIT ");
+        q.push_bind(limit);
+        let rows = q
+            .build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.db(e))?;
+        Ok(rows
+            .iter()
+            .map(|r| ExportRow {
+                id: r.get(0),
+                target: r.get(1),
+                state: r.get(2),
+                key_id: r.get(3),
+                secret: r.get::<Option<String>, _>(4).map(Secret::new),
+                file: r.get(5),
+                line: r.get(6),
+                code: r.get(7),
+                message: r.get(8),
+                request_id: r.get(9),
+                previous_secret: r.get::<Option<String>, _>(10).map(Secret::new),
+            })
+            .collect())
+    }
+
+    pub(super) async fn rejects_page(
+        &self,
+        operation: &str,
+        after_rowid: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, String, i64, String, String)>, LedgerError> {
+        let rows = sqlx::query("SELECT rowid, source_file, source_line, raw, reason FROM rejects WHERE operation = $1 AND rowid > $2 ORDER BY rowid LIMIT $3")
+            .bind(operation)
+            .bind(after_rowid)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.db(e))?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+            .collect())
+    }
+
+    pub(super) async fn mark_exported(
+        &self,
+        operation: &str,
+        ids: &[i64],
+    ) -> Result<(), LedgerError> {
+        for chunk in ids.chunks(BATCH) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "UPDATE items SET previous_secret = NULL, exported_at = ",
+            );
+            q.push_bind(now_ms());
+            q.push(" WHERE operation = ");
+            q.push_bind(operation);
+            q.push(" AND id IN (");
+            let mut sep = q.separated(", ");
+            for id in chunk {
+                sep.push_bind(*id);
+            }
+            q.push(")");
+            q.build()
+                .execute(&self.pool)
+                .await
+                .map_err(|e| self.db(e))?;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn begin_run(
+        &self,
+        operation: &str,
+        command: &str,
+    ) -> Result<i64, LedgerError> {
+        sqlx::query_scalar(
+            "INSERT INTO runs (operation, command, started_at) VALUES ($1, $2, $3) RETURNING id",
+        )
+        .bind(operation)
+        .bind(command)
+        .bind(now_ms())
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| self.db(e))
+    }
+
+    pub(super) async fn finish_run(
+        &self,
+        run: i64,
+        exit_code: i32,
+        summary: &str,
+    ) -> Result<(), LedgerError> {
+        sqlx::query("UPDATE runs SET finished_at = $1, exit_code = $2, summary = $3 WHERE id = $4")
+            .bind(now_ms())
+            .bind(i64::from(exit_code))
+            .bind(summary)
+            .bind(run)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.db(e))?;
+        Ok(())
+    }
+
+    pub(super) async fn last_run(
+        &self,
+    ) -> Result<
+        Option<(
+            String,
+            String,
+            i64,
+            Option<i64>,
+            Option<i64>,
+            Option<String>,
+        )>,
+        LedgerError,
+    > {
+        let row = sqlx::query("SELECT operation, command, started_at, finished_at, exit_code, summary FROM runs ORDER BY id DESC LIMIT 1")
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| self.db(e))?;
+        Ok(row.map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5))))
+    }
+
+    pub(super) async fn close(self) {
+        self.pool.close().await;
+    }
+}
+
+fn lock_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    PathBuf::from(name)
+}
