@@ -71,8 +71,14 @@ async fn an_old_ledger_reads_as_it_did() {
             ),
         ]
     );
-    let (operation, _, started, finished, exit_code, summary) =
-        ledger.last_run().await.unwrap().expect("the old run");
+    let mqtt_provision::ledger::RunRecord {
+        operation,
+        started_ms: started,
+        finished_ms: finished,
+        exit_code,
+        summary,
+        ..
+    } = ledger.last_run().await.unwrap().expect("the old run");
     assert_eq!(operation, "register");
     assert!(finished.unwrap() >= started);
     assert_eq!(exit_code, Some(1));

@@ -29,13 +29,27 @@ pub use state::ItemState;
 
 use crate::input::Row;
 use crate::secret::Secret;
+use crate::target::Target;
 use sqlite::SqliteStore;
+
+/// One run of a command on the ledger, as `status` shows the newest.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RunRecord {
+    pub operation: String,
+    /// The command line as typed.
+    pub command: String,
+    pub started_ms: i64,
+    /// `None` while it runs, or if it was killed.
+    pub finished_ms: Option<i64>,
+    pub exit_code: Option<i64>,
+    pub summary: Option<String>,
+}
 
 /// A claimed target, ready to dispatch.
 #[derive(Debug, Clone)]
 pub struct WorkItem {
     pub id: i64,
-    pub target: String,
+    pub target: Target,
     pub attempts: i64,
     /// A call that may have taken effect was sent for it before (an earlier run's ambiguous call).
     pub maybe_applied: bool,
@@ -44,7 +58,7 @@ pub struct WorkItem {
 /// What the writer stores for one target.
 #[derive(Debug, Clone)]
 pub struct OutcomeRecord {
-    pub target: String,
+    pub target: Target,
     pub state: ItemState,
     pub attempts_added: i64,
     pub maybe_applied: bool,
@@ -112,6 +126,19 @@ macro_rules! on_store {
     };
 }
 
+/// The ledger's operations, each one line: the same signature on every backend, dispatched by
+/// [`on_store!`]. (rustfmt leaves macro input alone, so each signature stays on its line.)
+macro_rules! delegate {
+    ($( $(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty; )*) => {
+        $(
+            $(#[$doc])*
+            pub async fn $name(&self, $($arg: $ty),*) -> Result<$ret, LedgerError> {
+                on_store!(self, s => s.$name($($arg),*).await)
+            }
+        )*
+    };
+}
+
 /// Now, in the epoch milliseconds every backend stores (portable, no time zone types).
 fn now_ms() -> i64 {
     jiff::Timestamp::now().as_millisecond()
@@ -168,133 +195,43 @@ impl Ledger {
         &self.instance_id
     }
 
-    /// Adds rows idempotently: a target already present (from this file, another file or an
-    /// earlier run) is left as it is; an invalid row is kept with its file, line and reason.
-    pub async fn ingest(&self, operation: &str, rows: &[Row]) -> Result<IngestCounts, LedgerError> {
-        on_store!(self, s => s.ingest(operation, rows).await)
-    }
-
-    /// Whether a file with this content was already fully ingested with this input spec.
-    pub async fn was_ingested(
-        &self,
-        operation: &str,
-        sha256: &str,
-        spec: &str,
-    ) -> Result<bool, LedgerError> {
-        on_store!(self, s => s.was_ingested(operation, sha256, spec).await)
-    }
-
-    /// Records that a file was fully ingested.
-    pub async fn mark_ingested(
-        &self,
-        operation: &str,
-        sha256: &str,
-        spec: &str,
-        path: &str,
-        rows: u64,
-    ) -> Result<(), LedgerError> {
-        on_store!(self, s => s.mark_ingested(operation, sha256, spec, path, rows).await)
-    }
-
-    /// Puts `failed` targets back to `pending`, so rerunning a command retries them.
-    pub async fn retry_failed(&self, operation: &str) -> Result<u64, LedgerError> {
-        on_store!(self, s => s.retry_failed(operation).await)
-    }
-
-    /// Claims up to `limit` pending targets after `after_id`, in id order. When the operation's
-    /// call may change something (`marks_effect`), the claim durably records `maybe_applied`
-    /// before any call is sent, so a kill -9 at any moment leaves a trace that makes the next
-    /// run reconcile instead of calling again.
-    pub async fn claim(
-        &self,
-        operation: &str,
-        after_id: i64,
-        limit: i64,
-        marks_effect: bool,
-    ) -> Result<Vec<WorkItem>, LedgerError> {
-        on_store!(self, s => s.claim(operation, after_id, limit, marks_effect).await)
-    }
-
-    /// Stores outcomes in one transaction, in multi-row statements (500 rows each in SQLite).
-    pub async fn record(
-        &self,
-        operation: &str,
-        outcomes: &[OutcomeRecord],
-    ) -> Result<(), LedgerError> {
-        on_store!(self, s => s.record(operation, outcomes).await)
-    }
-
-    /// Targets per state, with invalid input rows counted as `invalid`.
-    pub async fn counts(&self, operation: &str) -> Result<BTreeMap<String, i64>, LedgerError> {
-        on_store!(self, s => s.counts(operation).await)
-    }
-
-    /// The operations this ledger has items for.
-    pub async fn operations(&self) -> Result<Vec<String>, LedgerError> {
-        on_store!(self, s => s.operations().await)
-    }
-
-    /// Errors of targets that did not succeed, grouped by code, with one example each (the
-    /// target with the lowest id); then invalid input rows grouped by reason (at most 20).
-    pub async fn error_groups(&self, operation: &str) -> Result<Vec<ErrorGroup>, LedgerError> {
-        on_store!(self, s => s.error_groups(operation).await)
-    }
-
-    /// A page of items in the given states, after `after_id`.
-    pub async fn export_page(
-        &self,
-        operation: &str,
-        states: &[&str],
-        after_id: i64,
-        limit: i64,
-    ) -> Result<Vec<ExportRow>, LedgerError> {
-        on_store!(self, s => s.export_page(operation, states, after_id, limit).await)
-    }
-
-    /// Invalid input rows: (cursor, file, line, raw, reason), in the order they were stored,
-    /// after the cursor of the previous page's last row (0 for the first page).
-    pub async fn rejects_page(
-        &self,
-        operation: &str,
-        after: i64,
-        limit: i64,
-    ) -> Result<Vec<(i64, String, i64, String, String)>, LedgerError> {
-        on_store!(self, s => s.rejects_page(operation, after, limit).await)
-    }
-
-    /// Marks rows as exported; a rotated row's previous secret is dropped then, no longer needed.
-    pub async fn mark_exported(&self, operation: &str, ids: &[i64]) -> Result<(), LedgerError> {
-        on_store!(self, s => s.mark_exported(operation, ids).await)
-    }
-
-    pub async fn begin_run(&self, operation: &str, command: &str) -> Result<i64, LedgerError> {
-        on_store!(self, s => s.begin_run(operation, command).await)
-    }
-
-    pub async fn finish_run(
-        &self,
-        run: i64,
-        exit_code: i32,
-        summary: &str,
-    ) -> Result<(), LedgerError> {
-        on_store!(self, s => s.finish_run(run, exit_code, summary).await)
-    }
-
-    /// The newest run: (operation, command, started, finished, exit code, summary).
-    pub async fn last_run(
-        &self,
-    ) -> Result<
-        Option<(
-            String,
-            String,
-            i64,
-            Option<i64>,
-            Option<i64>,
-            Option<String>,
-        )>,
-        LedgerError,
-    > {
-        on_store!(self, s => s.last_run().await)
+    delegate! {
+        /// Adds rows idempotently: a target already present (from this file, another file or an
+        /// earlier run) is left as it is; an invalid row is kept with its file, line and reason.
+        fn ingest(operation: &str, rows: &[Row]) -> IngestCounts;
+        /// Whether a file with this content was already fully ingested with this input spec.
+        fn was_ingested(operation: &str, sha256: &str, spec: &str) -> bool;
+        /// Records that a file was fully ingested.
+        fn mark_ingested(operation: &str, sha256: &str, spec: &str, path: &str, rows: u64) -> ();
+        /// Puts `failed` targets back to `pending`, so rerunning a command retries them.
+        fn retry_failed(operation: &str) -> u64;
+        /// Claims up to `limit` pending targets after `after_id`, in id order. When the
+        /// operation's call may change something (`marks_effect`), the claim durably records
+        /// `maybe_applied` before any call is sent, so a kill -9 at any moment leaves a trace that
+        /// makes the next run reconcile instead of calling again.
+        fn claim(operation: &str, after_id: i64, limit: i64, marks_effect: bool) -> Vec<WorkItem>;
+        /// Stores outcomes in one transaction, in multi-row statements (500 rows each in SQLite).
+        fn record(operation: &str, outcomes: &[OutcomeRecord]) -> ();
+        /// Targets per state, with invalid input rows counted as `invalid`.
+        fn counts(operation: &str) -> BTreeMap<String, i64>;
+        /// The operations this ledger has items for.
+        fn operations() -> Vec<String>;
+        /// Errors of targets that did not succeed, grouped by code, with one example each (the
+        /// target with the lowest id); then invalid input rows grouped by reason (at most 20).
+        fn error_groups(operation: &str) -> Vec<ErrorGroup>;
+        /// A page of items in the given states, after `after_id`.
+        fn export_page(operation: &str, states: &[&str], after_id: i64, limit: i64) -> Vec<ExportRow>;
+        /// Invalid input rows: (cursor, file, line, raw, reason), in the order they were stored,
+        /// after the cursor of the previous page's last row (0 for the first page).
+        fn rejects_page(operation: &str, after: i64, limit: i64) -> Vec<(i64, String, i64, String, String)>;
+        /// Marks rows as exported; a rotated row's previous secret is dropped then.
+        fn mark_exported(operation: &str, ids: &[i64]) -> ();
+        /// Records the start of a run; returns its id.
+        fn begin_run(operation: &str, command: &str) -> i64;
+        /// Records how a run ended.
+        fn finish_run(run: i64, exit_code: i32, summary: &str) -> ();
+        /// The newest run.
+        fn last_run() -> Option<RunRecord>;
     }
 
     pub async fn close(self) {

@@ -19,10 +19,12 @@ use sqlx::{QueryBuilder, Row as _, Sqlite, SqlitePool};
 use super::error::with_causes;
 use super::private_file::create_private;
 use super::{
-    ErrorGroup, ExportRow, IngestCounts, ItemState, LedgerError, OutcomeRecord, WorkItem, now_ms,
+    ErrorGroup, ExportRow, IngestCounts, ItemState, LedgerError, OutcomeRecord, RunRecord,
+    WorkItem, now_ms,
 };
 use crate::input::Row;
 use crate::secret::Secret;
+use crate::target::Target;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -299,7 +301,7 @@ impl SqliteStore {
             .iter()
             .map(|r| WorkItem {
                 id: r.get(0),
-                target: r.get(1),
+                target: Target::from_key(r.get(1)),
                 attempts: r.get(2),
                 maybe_applied: r.get::<i64, _>(3) != 0,
             })
@@ -333,7 +335,7 @@ impl SqliteStore {
                 "WITH v(target, state, attempts_added, maybe_applied, code, message, request_id, key_id, key_secret, previous_secret) AS (",
             );
             q.push_values(chunk, |mut b, o| {
-                b.push_bind(o.target.as_str())
+                b.push_bind(o.target.key())
                     .push_bind(o.state.as_str())
                     .push_bind(o.attempts_added)
                     .push_bind(i64::from(o.maybe_applied))
@@ -557,24 +559,19 @@ impl SqliteStore {
         Ok(())
     }
 
-    pub(super) async fn last_run(
-        &self,
-    ) -> Result<
-        Option<(
-            String,
-            String,
-            i64,
-            Option<i64>,
-            Option<i64>,
-            Option<String>,
-        )>,
-        LedgerError,
-    > {
+    pub(super) async fn last_run(&self) -> Result<Option<RunRecord>, LedgerError> {
         let row = sqlx::query("SELECT operation, command, started_at, finished_at, exit_code, summary FROM runs ORDER BY id DESC LIMIT 1")
             .fetch_optional(&self.pool)
             .await
             .map_err(|e| self.db(e))?;
-        Ok(row.map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5))))
+        Ok(row.map(|r| RunRecord {
+            operation: r.get(0),
+            command: r.get(1),
+            started_ms: r.get(2),
+            finished_ms: r.get(3),
+            exit_code: r.get(4),
+            summary: r.get(5),
+        }))
     }
 
     pub(super) async fn close(self) {

@@ -164,7 +164,7 @@ pub(crate) struct Attempt {
 impl Attempt {
     fn new(item: &WorkItem, grant: Option<usize>) -> Self {
         Attempt {
-            target: Target::from_key(&item.target),
+            target: item.target.clone(),
             attempts: 0,
             failures: 0,
             maybe_applied: item.maybe_applied,
@@ -185,7 +185,7 @@ impl Attempt {
             self.last_error.as_ref()
         };
         OutcomeRecord {
-            target: self.target.key(),
+            target: self.target.clone(),
             state,
             attempts_added: self.attempts,
             maybe_applied: self.maybe_applied,

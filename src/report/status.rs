@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::ledger::{ErrorGroup, ItemState, Ledger, LedgerError};
+use crate::ledger::{ErrorGroup, ItemState, Ledger, LedgerError, RunRecord};
 
 /// Counts per state and errors of one operation of a ledger.
 #[derive(Debug, Clone, Serialize)]
@@ -68,24 +68,13 @@ impl OperationStatus {
     }
 }
 
-/// The newest run of a ledger.
-#[derive(Debug, Clone, Serialize)]
-pub struct LastRun {
-    pub operation: String,
-    pub command: String,
-    pub started_ms: i64,
-    pub finished_ms: Option<i64>,
-    pub exit_code: Option<i64>,
-    pub summary: Option<String>,
-}
-
 /// Everything `status` shows.
 #[derive(Debug, Clone, Serialize)]
 pub struct LedgerStatus {
     pub ledger: String,
     pub instance_id: String,
     pub operations: Vec<OperationStatus>,
-    pub last_run: Option<LastRun>,
+    pub last_run: Option<RunRecord>,
 }
 
 impl LedgerStatus {
@@ -94,16 +83,7 @@ impl LedgerStatus {
         for op in ledger.operations().await? {
             operations.push(OperationStatus::load(ledger, &op).await?);
         }
-        let last_run = ledger.last_run().await?.map(
-            |(operation, command, started_ms, finished_ms, exit_code, summary)| LastRun {
-                operation,
-                command,
-                started_ms,
-                finished_ms,
-                exit_code,
-                summary,
-            },
-        );
+        let last_run = ledger.last_run().await?;
         Ok(LedgerStatus {
             ledger: ledger.path().to_owned(),
             instance_id: ledger.instance_id().to_owned(),
