@@ -10,7 +10,7 @@ use crate::exit::ExitCode;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
-    #[error("ledger {path}: {source}")]
+    #[error("ledger {path}: {}", describe_io(source))]
     Io {
         path: String,
         source: std::io::Error,
@@ -59,6 +59,19 @@ impl LedgerError {
     }
 }
 
+/// A file-system failure in the words an operator acts on (the same words SQLite's result codes
+/// get), then the system's own.
+fn describe_io(error: &std::io::Error) -> String {
+    use std::io::ErrorKind;
+    let hint = match error.kind() {
+        ErrorKind::ReadOnlyFilesystem => "the file or its file system is read-only",
+        ErrorKind::StorageFull => "the disk is full; free space, then rerun",
+        ErrorKind::PermissionDenied => "permission denied",
+        _ => return error.to_string(),
+    };
+    format!("{hint} ({error})")
+}
+
 /// An error and its causes joined with ": ", as anyhow's `{:#}` prints a chain: the command edge
 /// shows the text exactly as it did when the driver's error itself was the source.
 pub(super) fn with_causes(error: &dyn std::error::Error) -> String {
@@ -70,4 +83,24 @@ pub(super) fn with_causes(error: &dyn std::error::Error) -> String {
         cause = c.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_system_failures_say_what_to_do() {
+        let read_only = LedgerError::Io {
+            path: "l.sqlite".into(),
+            source: std::io::Error::from_raw_os_error(30),
+        };
+        assert!(read_only.to_string().contains("read-only"), "{read_only}");
+        let full = LedgerError::Io {
+            path: "l.sqlite".into(),
+            source: std::io::Error::from_raw_os_error(28),
+        };
+        assert!(full.to_string().contains("the disk is full"), "{full}");
+        assert_eq!(full.exit_code(), ExitCode::Halted);
+    }
 }

@@ -9,6 +9,11 @@
 //! retries) wait on it themselves. Stopping — Ctrl-C, quota, a fatal error, every source address
 //! blocked, a ledger failure — ends dispatch at once, lets calls in flight finish within a bounded
 //! wait, and returns claimed-but-unsent targets to `pending`.
+//!
+//! Its parts: [`feeder`] (claims ahead), [`pacer`] (when a call may leave, and from which
+//! address), [`worker`] (the one paced call, throttles and blocks), [`operation`] (what each
+//! answer means for a target), [`writer`] (batched outcomes). The pipeline never parses input and
+//! never prints; it returns a [`RunOutcome`] that the report turns into words.
 
 mod feeder;
 pub mod operation;
