@@ -16,8 +16,8 @@ from alibabacloud_tea_openapi import models as open_api_models
 from alibabacloud_tea_util import models as util_models
 
 BINARY = sys.argv[1] if len(sys.argv) > 1 else "target/release/mqtt-provision"
-INSTANCE = "post-cn-interop001"
-KEYS = [("INTEROPAK", "interop-secret", None), ("INTEROPSTS", "sts-secret", "CAIS-interop-token")]
+INSTANCE = "post-cn-rehearsal01"  # the rehearsal instance, as in the README
+KEYS = [("LTAI5tSimulatorRehearsal", "simulator-rehearsal-secret", None), ("INTEROPSTS", "sts-secret", "CAIS-interop-token")]
 
 results = {"passed": 0, "failed": 0}
 
