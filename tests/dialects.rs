@@ -412,3 +412,38 @@ async fn a_body_over_one_mebibyte_is_refused_unread() {
     assert_eq!(json(&at)["Code"], "MissingAction");
     sim.stop().await;
 }
+
+#[tokio::test]
+async fn a_streamed_body_is_cut_off_at_one_mebibyte() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sim = simulator(SimConfig::default()).await;
+    let mut stream = tokio::net::TcpStream::connect(sim.addr).await.unwrap();
+    // No content-length: chunked, so the bound can only be noticed while reading.
+    let head = format!(
+        "POST / HTTP/1.1\r\nhost: {}\r\ncontent-type: application/x-www-form-urlencoded\r\n\
+         transfer-encoding: chunked\r\nconnection: close\r\n\r\n",
+        sim.addr
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let chunk = vec![b'a'; 64 * 1024];
+    for _ in 0..17 {
+        // 17 × 64 KiB = 1 MiB + 64 KiB. The server may answer and stop reading before the end.
+        let mut framed = format!("{:x}\r\n", chunk.len()).into_bytes();
+        framed.extend_from_slice(&chunk);
+        framed.extend_from_slice(b"\r\n");
+        if stream.write_all(&framed).await.is_err() {
+            break;
+        }
+    }
+    let _ = stream.write_all(b"0\r\n\r\n").await;
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response).await;
+    let response = String::from_utf8_lossy(&response);
+    assert!(
+        response.starts_with("HTTP/1.1 413"),
+        "{}",
+        &response[..response.len().min(300)]
+    );
+    assert!(response.contains("\"Code\":\"RequestEntityTooLarge\""));
+    sim.stop().await;
+}
