@@ -110,6 +110,8 @@ def main():
 
         code = json.loads(call(port, "GetRegisterCode", method="GET", query={"MqttInstanceId": INSTANCE}))
         check("GetRegisterCode (GET)", len(code.get("RegisterCode") or "") == 32, code)
+    except Exception as e:  # an unexpected refusal ends the run as one more failure
+        check("no unexpected error", False, f"{type(e).__name__}: {e}"[:500])
     finally:
         sim.terminate()
         sim.wait(timeout=10)

@@ -71,6 +71,9 @@ async function main() {
     check('wrong secret refused', wrong === 'SignatureDoesNotMatch', wrong);
     const code = await c.request('GetRegisterCode', { MqttInstanceId: INSTANCE }, { method: 'GET' });
     check('GetRegisterCode (GET, all in the query)', (code.RegisterCode || '').length === 32, code);
+  } catch (e) {
+    // An unexpected refusal ends the run as one more failure.
+    check('no unexpected error', false, `${e.code || ''} ${e.message}`.slice(0, 500));
   } finally {
     sim.kill('SIGTERM');
   }

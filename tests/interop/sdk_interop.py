@@ -92,6 +92,8 @@ def main():
             wrong = client(port, key[0], "wrong-secret", key[2], v1=v1)
             err = error_code(lambda: wrong.get_device_credential(models.GetDeviceCredentialRequest(client_id=cid, instance_id=INSTANCE)))
             check(f"{label} wrong secret refused", err == "SignatureDoesNotMatch", str(err))
+    except Exception as e:  # an unexpected refusal ends the run as one more failure
+        check("no unexpected error", False, f"{type(e).__name__}: {e}"[:500])
     finally:
         sim.terminate()
         sim.wait(timeout=10)
