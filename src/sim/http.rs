@@ -92,7 +92,12 @@ async fn handle(sim: Arc<Sim>, peer: IpAddr, req: Request<Body>) -> Answer {
         Ok(body) => body,
         Err(e) => {
             // Refused before any parameter of the body is known: the query alone picks the format.
-            let format = Format::requested(param(&query, &[], "Format"));
+            let format = Format::requested(
+                query
+                    .iter()
+                    .find(|(k, _)| k == "Format")
+                    .map(|(_, v)| v.as_str()),
+            );
             let request_id = sim.next_request_id();
             sim.record(None, &e.code, started.elapsed());
             return Ok(respond(
@@ -105,7 +110,6 @@ async fn handle(sim: Arc<Sim>, peer: IpAddr, req: Request<Body>) -> Answer {
         }
     };
     let form = wire::form_params(&parts.headers, &body);
-    let format = Format::requested(param(&query, &form, "Format"));
     let incoming = Incoming {
         method: parts.method.as_str(),
         path: &path,
@@ -114,6 +118,7 @@ async fn handle(sim: Arc<Sim>, peer: IpAddr, req: Request<Body>) -> Answer {
         headers: &parts.headers,
         body_sha256: sign::sha256_hex(&body),
     };
+    let format = Format::requested(incoming.param("Format"));
     let request_id = sim.next_request_id();
     let Decision {
         answer,
@@ -153,19 +158,6 @@ async fn handle(sim: Arc<Sim>, peer: IpAddr, req: Request<Body>) -> Answer {
             ))
         }
     }
-}
-
-/// The first value of `name`, query before body, as [`Incoming::param`] reads it.
-fn param<'a>(
-    query: &'a [(String, String)],
-    form: &'a [(String, String)],
-    name: &str,
-) -> Option<&'a str> {
-    query
-        .iter()
-        .chain(form)
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
 }
 
 /// The whole body, or 413 past [`wire::MAX_BODY_BYTES`]: refused from `content-length` before
