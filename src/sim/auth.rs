@@ -25,7 +25,10 @@ pub struct Authenticated {
 pub struct Incoming<'a> {
     pub method: &'a str,
     pub path: &'a str,
+    /// The query string's parameters, decoded, repeats kept.
     pub query: &'a [(String, String)],
+    /// A form-encoded body's parameters, decoded, repeats kept ([`super::wire::form_params`]).
+    pub form: &'a [(String, String)],
     pub headers: &'a HeaderMap,
     pub body_sha256: String,
 }
@@ -35,14 +38,21 @@ impl Incoming<'_> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 
+    /// The value of a parameter: its first occurrence in the query, else in the form body. The
+    /// documents do not say which wins when both carry one; the query does here (README).
     pub fn param(&self, name: &str) -> Option<&str> {
-        self.query
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+        self.params().find(|(k, _)| *k == name).map(|(_, v)| v)
     }
 
-    /// The action the request names (V3 header, V1 query); `None` if it names none.
+    /// Every parameter, query first, then form body: what a V1 signature covers.
+    fn params(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.query
+            .iter()
+            .chain(self.form)
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// The action the request names (V3 header, V1 parameter); `None` if it names none.
     pub fn action_name(&self) -> Option<&str> {
         if self.header("authorization").is_some() {
             self.header("x-acs-action")
@@ -200,6 +210,8 @@ fn authenticate_v3(
             return Err(incomplete(&format!("signed header {name} is missing")));
         }
     }
+    // Only the query string is canonicalised, as the official V3 signers do: body parameters are
+    // covered by `x-acs-content-sha256`, checked above, and read as parameters after this.
     let query: Vec<(&str, &str)> = req
         .query
         .iter()
@@ -259,10 +271,8 @@ fn authenticate_v1(
             "The request signature does not conform to Aliyun standards: SignatureMethod must be HMAC-SHA1 and SignatureVersion 1.0.",
         ));
     }
-    let string_to_sign = sign::v1_string_to_sign(
-        req.method,
-        req.query.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-    );
+    // Query and form parameters together, repeats included (onsmqtt-api.md §2 step 1).
+    let string_to_sign = sign::v1_string_to_sign(req.method, req.params());
     let expected = sign::v1_signature(key.secret.expose(), &string_to_sign);
     if !sign::constant_time_eq(&expected, req.param("Signature").unwrap_or_default()) {
         return Err(err(

@@ -1,7 +1,8 @@
 //! The simulator's HTTP side: the hyper accept loop, turning a request into what [`Sim`] decides
 //! on, waiting out the drawn latency, and answering as the real endpoint does
-//! (`x-acs-request-id`, JSON bodies, the error shape of onsmqtt-api.md §5, `x-acs-retry-after`
-//! on throttling when configured). `/__sim/*` serves the stats and the registry.
+//! (`x-acs-request-id`, JSON or XML bodies as [`wire`] renders them, the error shape of
+//! onsmqtt-api.md §5, `x-acs-retry-after` on throttling when configured). Bodies are read up to
+//! [`wire::MAX_BODY_BYTES`] and no further. `/__sim/*` serves the stats and the registry.
 //!
 //! A fault that "drops the connection" makes the service fail, which hyper turns into a closed
 //! socket with no response. It decides nothing about a call: gate, faults and business rules
@@ -12,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming as Body;
 use hyper::{Request, Response};
 use serde::Serialize;
@@ -20,7 +21,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::auth::Incoming;
+use super::wire::{self, Format};
 use super::{Decision, Sim, SimError};
+use crate::api::actions::Action;
 use crate::api::sign;
 
 /// The connection is dropped without an answer.
@@ -75,22 +78,47 @@ async fn handle(sim: Arc<Sim>, peer: IpAddr, req: Request<Body>) -> Answer {
     if path.starts_with("/__sim/") {
         return Ok(introspection(&sim, &path));
     }
-    let body = body
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
     let query: Vec<(String, String)> =
         form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes())
             .into_owned()
             .collect();
+    let host = parts
+        .headers
+        .get("host")
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("onsmqtt.simulator")
+        .to_owned();
+    let body = match read_body(&parts.headers, body).await {
+        Ok(body) => body,
+        Err(e) => {
+            // Refused before any parameter of the body is known: the query alone picks the format.
+            let format = Format::requested(
+                query
+                    .iter()
+                    .find(|(k, _)| k == "Format")
+                    .map(|(_, v)| v.as_str()),
+            );
+            let request_id = sim.next_request_id();
+            sim.record(None, &e.code, started.elapsed());
+            return Ok(respond(
+                e.status,
+                &request_id,
+                format,
+                error_body(format, &e, &request_id, &host),
+                None,
+            ));
+        }
+    };
+    let form = wire::form_params(&parts.headers, &body);
     let incoming = Incoming {
         method: parts.method.as_str(),
         path: &path,
         query: &query,
+        form: &form,
         headers: &parts.headers,
         body_sha256: sign::sha256_hex(&body),
     };
+    let format = Format::requested(incoming.param("Format"));
     let request_id = sim.next_request_id();
     let Decision {
         answer,
@@ -108,15 +136,14 @@ async fn handle(sim: Arc<Sim>, peer: IpAddr, req: Request<Body>) -> Answer {
     match answer {
         Ok(body) => {
             sim.record(action, "Success", started.elapsed());
-            Ok(respond(200, &request_id, body, None))
+            let body = match (format, action) {
+                (Format::Xml, Some(action)) => success_xml(action, &body),
+                _ => body,
+            };
+            Ok(respond(200, &request_id, format, body, None))
         }
         Err(e) => {
             sim.record(action, &e.code, started.elapsed());
-            let host = parts
-                .headers
-                .get("host")
-                .and_then(|h| h.to_str().ok())
-                .unwrap_or("onsmqtt.simulator");
             let retry_after = if e.code.starts_with("Throttling") {
                 sim.retry_after_ms()
             } else {
@@ -125,11 +152,48 @@ async fn handle(sim: Arc<Sim>, peer: IpAddr, req: Request<Body>) -> Answer {
             Ok(respond(
                 e.status,
                 &request_id,
-                error_body(&e, &request_id, host),
+                format,
+                error_body(format, &e, &request_id, &host),
                 retry_after,
             ))
         }
     }
+}
+
+/// The whole body, or 413 past [`wire::MAX_BODY_BYTES`]: refused from `content-length` before
+/// reading when it is declared, else as soon as the streamed body crosses the bound.
+async fn read_body(headers: &hyper::HeaderMap, body: Body) -> Result<Bytes, SimError> {
+    let too_large = || {
+        SimError::new(
+            413,
+            "RequestEntityTooLarge",
+            format!(
+                "The request body exceeds the simulator's limit of {} bytes.",
+                wire::MAX_BODY_BYTES
+            ),
+        )
+    };
+    let declared = headers
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > wire::MAX_BODY_BYTES as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(body, wire::MAX_BODY_BYTES).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<LengthLimitError>() => Err(too_large()),
+        // A body that broke off mid-way: treated as empty, as before; the signature check
+        // then refuses whatever it was missing.
+        Err(_) => Ok(Bytes::new()),
+    }
+}
+
+/// A success body in XML: the root element named after the response, as the gateway names it
+/// (`<RegisterDeviceCredentialResponse>`).
+fn success_xml(action: Action, json: &[u8]) -> Bytes {
+    let value: serde_json::Value = serde_json::from_slice(json).expect("business answers are JSON");
+    wire::json_to_xml(&format!("{}Response", action.name()), &value)
 }
 
 #[derive(Serialize)]
@@ -146,9 +210,9 @@ struct WireError<'a> {
     recommend: String,
 }
 
-/// The body every error answer carries (onsmqtt-api.md §5).
-fn error_body(e: &SimError, request_id: &str, host: &str) -> Bytes {
-    serde_json::to_vec(&WireError {
+/// The body every error answer carries (onsmqtt-api.md §5), in JSON or as `<Error>…</Error>`.
+fn error_body(format: Format, e: &SimError, request_id: &str, host: &str) -> Bytes {
+    let error = WireError {
         request_id,
         host_id: host,
         code: &e.code,
@@ -157,20 +221,26 @@ fn error_body(e: &SimError, request_id: &str, host: &str) -> Bytes {
             "https://api.alibabacloud.com/troubleshoot?q={}&product=OnsMqtt&requestId={request_id}",
             e.code
         ),
-    })
-    .expect("error bodies serialise")
-    .into()
+    };
+    let json = serde_json::to_value(&error).expect("error bodies serialise");
+    match format {
+        Format::Json => serde_json::to_vec(&json)
+            .expect("error bodies serialise")
+            .into(),
+        Format::Xml => wire::json_to_xml("Error", &json),
+    }
 }
 
 fn respond(
     status: u16,
     request_id: &str,
+    format: Format,
     body: Bytes,
     retry_after_ms: Option<u64>,
 ) -> Response<Full<Bytes>> {
     let mut builder = Response::builder()
         .status(status)
-        .header("content-type", "application/json;charset=utf-8")
+        .header("content-type", format.content_type())
         .header("x-acs-request-id", request_id);
     if let Some(ms) = retry_after_ms {
         builder = builder.header("x-acs-retry-after", ms.to_string());
@@ -185,6 +255,7 @@ fn introspection(sim: &Sim, path: &str) -> Response<Full<Bytes>> {
         "/__sim/stats" => respond(
             200,
             "sim",
+            Format::Json,
             serde_json::to_vec_pretty(&sim.stats())
                 .expect("stats serialise")
                 .into(),
@@ -197,6 +268,7 @@ fn introspection(sim: &Sim, path: &str) -> Response<Full<Bytes>> {
         _ => respond(
             404,
             "sim",
+            Format::Json,
             Bytes::from_static(br#"{"Code":"NotFound","Message":"unknown simulator path"}"#),
             None,
         ),

@@ -10,7 +10,8 @@
 //! A call goes from `http` (serving, answers) to `Sim` here, which holds the one lock and asks in
 //! turn `gate` (IP blocks, nonces, windows), `auth` (signatures), `faults` (what fails on
 //! purpose, latency) and `business` (each action's rule over the `registry`); `stats` counts what
-//! happened. `config` is everything it can be told.
+//! happened. `config` is everything it can be told; `wire` the dialects requests arrive in
+//! (query, form body) and answers leave in (JSON, XML).
 
 mod auth;
 mod business;
@@ -21,6 +22,7 @@ mod http;
 mod registry;
 mod stats;
 mod window;
+mod wire;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -2,7 +2,8 @@
 """The official Python SDK (alibabacloud-onsmqtt20200420) against `mqtt-provision simulate`.
 
 Registers and fetches credentials with V3 (the SDK default) and V1 (signature_algorithm='v2')
-signatures, with an STS token, reads a register code (a GET action), and checks that a wrong
+signatures, with an STS token, once with ClientId in a form body (call_api, formData), reads a
+register code (a GET action), and checks that a wrong
 secret and a duplicate Register are refused with the documented codes. Exits non-zero on any
 mismatch; prints a closing 'N passed, N failed' line.
 """
@@ -12,10 +13,11 @@ import sys
 from alibabacloud_onsmqtt20200420 import models
 from alibabacloud_onsmqtt20200420.client import Client
 from alibabacloud_tea_openapi import models as open_api_models
+from alibabacloud_tea_util import models as util_models
 
 BINARY = sys.argv[1] if len(sys.argv) > 1 else "target/release/mqtt-provision"
-INSTANCE = "post-cn-interop001"
-KEYS = [("INTEROPAK", "interop-secret", None), ("INTEROPSTS", "sts-secret", "CAIS-interop-token")]
+INSTANCE = "post-cn-rehearsal01"  # the rehearsal instance, as in the README
+KEYS = [("LTAI5tSimulatorRehearsal", "simulator-rehearsal-secret", None), ("INTEROPSTS", "sts-secret", "CAIS-interop-token")]
 
 results = {"passed": 0, "failed": 0}
 
@@ -41,6 +43,17 @@ def client(port, key_id, secret, token=None, v1=False):
     if v1:
         config.signature_algorithm = "v2"
     return Client(config)
+
+
+def register_with_body(c, cid):
+    """RegisterDeviceCredential through the SDK's generic call_api with ClientId in a form body
+    (req_body_type='formData'): how a caller of the current generation adds body parameters."""
+    params = open_api_models.Params(
+        action="RegisterDeviceCredential", version="2020-04-20", protocol="HTTP", pathname="/",
+        method="POST", auth_type="AK", style="RPC", req_body_type="formData", body_type="json",
+    )
+    request = open_api_models.OpenApiRequest(query={"InstanceId": INSTANCE}, body={"ClientId": cid})
+    return c.call_api(params, request, util_models.RuntimeOptions())["body"]
 
 
 def error_code(call):
@@ -69,11 +82,18 @@ def main():
             check(f"{label} get returns the same credential", got.body.device_credential.device_access_key_secret == cred.device_access_key_secret)
             dup = error_code(lambda: c.register_device_credential(models.RegisterDeviceCredentialRequest(client_id=cid, instance_id=INSTANCE)))
             check(f"{label} duplicate register refused", dup == "DeviceCredentialExsit", str(dup))
+            nf = error_code(lambda: c.get_device_credential(models.GetDeviceCredentialRequest(client_id=cid + "-nobody", instance_id=INSTANCE)))
+            check(f"{label} not found", nf == "DeviceCredentialNotFound", str(nf))
+            body_cid = cid + "-body"
+            by_body = register_with_body(c, body_cid)
+            check(f"{label} register with a form body", by_body["DeviceCredential"]["ClientId"] == body_cid, str(by_body))
             code = c.get_register_code(models.GetRegisterCodeRequest(mqtt_instance_id=INSTANCE))
             check(f"{label} GET action", len(code.body.register_code or "") == 32, str(code.body))
             wrong = client(port, key[0], "wrong-secret", key[2], v1=v1)
             err = error_code(lambda: wrong.get_device_credential(models.GetDeviceCredentialRequest(client_id=cid, instance_id=INSTANCE)))
             check(f"{label} wrong secret refused", err == "SignatureDoesNotMatch", str(err))
+    except Exception as e:  # an unexpected refusal ends the run as one more failure
+        check("no unexpected error", False, f"{type(e).__name__}: {e}"[:500])
     finally:
         sim.terminate()
         sim.wait(timeout=10)
