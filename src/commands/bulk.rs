@@ -65,22 +65,26 @@ pub async fn run(plan: BulkPlan, context: &RunContext) -> Result<ExitCode, Failu
         .await
         .map_err(Failure::from)?;
     let pending = before.count(ItemState::Pending);
-    events.emit(&Event::Start {
-        operation: operation.name(),
-        instance_id: ledger.instance_id(),
-        ledger: ledger.path(),
-        targets: pending,
-        dry_run: plan.dry_run,
-        pace: Pace {
-            calls_per_second: plan.pace.target_rate(plan.sources()),
-            account_qps: plan.pace.account_qps,
-            ip_qps: plan.pace.ip_qps,
-            headroom: plan.pace.headroom,
-            concurrency: plan.concurrency,
-            sources: plan.sources(),
-        },
-    });
+    // After a destructive run is confirmed, so every `start` is followed by a `summary`.
+    let start = || {
+        events.emit(&Event::Start {
+            operation: operation.name(),
+            instance_id: ledger.instance_id(),
+            ledger: ledger.path(),
+            targets: pending,
+            dry_run: plan.dry_run,
+            pace: Pace {
+                calls_per_second: plan.pace.target_rate(plan.sources()),
+                account_qps: plan.pace.account_qps,
+                ip_qps: plan.pace.ip_qps,
+                headroom: plan.pace.headroom,
+                concurrency: plan.concurrency,
+                sources: plan.sources(),
+            },
+        })
+    };
     let Some(access) = access else {
+        start();
         events.say(&report::plan::render(
             operation,
             &before,
@@ -118,6 +122,7 @@ pub async fn run(plan: BulkPlan, context: &RunContext) -> Result<ExitCode, Failu
         );
         confirm_destructive(&what, yes, context, events)?;
     }
+    start();
 
     let run_id = ledger
         .begin_run(operation.name(), &context.command_line)
