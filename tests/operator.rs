@@ -459,3 +459,23 @@ fn a_bar_is_drawn_on_a_terminal_and_not_in_a_pipe() {
     assert!(!piped.stderr.contains(&0x1b), "{:?}", text(&piped.stderr));
     assert!(!text(&piped.stderr).contains('█'));
 }
+
+#[test]
+fn an_unconfirmed_revoke_writes_no_event_and_its_question_goes_to_stderr() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = common::devices_csv(dir.path(), "revoke", 3);
+    let out = run(bin().current_dir(dir.path()).args([
+        "revoke",
+        csv.to_str().unwrap(),
+        "--simulate",
+        "--json",
+    ]));
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(text(&out.stdout), "", "stdout is only for events");
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("revoke will call UnRegisterDeviceCredential for 3 target(s)"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("rerun with --yes"), "{stderr}");
+}
