@@ -89,7 +89,7 @@ async fn rehearsal(instance_id: &str) -> Result<(sim::SimHandle, Endpoint, Acces
     let handle = sim::start(config)
         .await
         .map_err(|e| Failure::usage(anyhow!("cannot start the built-in simulator: {e}")))?;
-    println!(
+    tracing::info!(
         "rehearsal: built-in simulator at {} (instance {instance_id}); no cloud account is used",
         handle.endpoint()
     );

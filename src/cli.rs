@@ -16,8 +16,35 @@ use crate::sim::SimConfig;
 #[derive(Debug, Parser)]
 #[command(name = "mqtt-provision", version, about = "Provision ApsaraMQ for MQTT device credentials in bulk: paced, resumable, never re-keying a device.", after_help = exit::help())]
 pub struct Cli {
+    #[command(flatten)]
+    pub log: LogArgs,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How log lines on stderr look; global, so they go before or after the command.
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    /// Colour in log lines: `auto` colours only a terminal, and never when NO_COLOR is set
+    /// (CLICOLOR_FORCE=1 forces it, as cargo does).
+    #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto, value_name = "WHEN")]
+    pub color: ColorChoice,
+    /// `text` for people, `json` for log collectors: one object per line, the same fields.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, value_name = "FORMAT")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ColorChoice {
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -51,6 +78,17 @@ pub enum Command {
     Export(ExportArgs),
     /// Run the OnsMqtt simulator as a server (rehearsals, tests, benchmarks).
     Simulate(SimulateArgs),
+    /// Print a shell completion script, generated from these same definitions.
+    Completions(CompletionsArgs),
+    /// Print the man page (roff), generated from these same definitions.
+    Man,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell: e.g. `mqtt-provision completions bash > /etc/bash_completion.d/mqtt-provision`.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Debug, Subcommand)]
@@ -102,7 +140,7 @@ pub struct RunArgs {
     #[arg(required = true, value_name = "CSV")]
     pub files: Vec<PathBuf>,
     /// The ApsaraMQ for MQTT instance (required unless --simulate).
-    #[arg(long, value_name = "ID")]
+    #[arg(long, value_name = "ID", env = "MQTT_PROVISION_INSTANCE_ID")]
     pub instance_id: Option<String>,
     #[command(flatten)]
     pub input: InputArgs,
@@ -126,7 +164,7 @@ pub struct RunArgs {
 #[derive(Debug, Args)]
 pub struct SingleCallArgs {
     /// The ApsaraMQ for MQTT instance (required unless --simulate).
-    #[arg(long, value_name = "ID")]
+    #[arg(long, value_name = "ID", env = "MQTT_PROVISION_INSTANCE_ID")]
     pub instance_id: Option<String>,
     /// Against the built-in simulator.
     #[arg(long)]
@@ -175,20 +213,20 @@ pub struct InputArgs {
 #[derive(Debug, Args)]
 pub struct LedgerArgs {
     /// The ledger: a SQLite file (created 0600; one per instance), or `sqlite:PATH`.
-    #[arg(long, value_name = "PATH", default_value = "provision.sqlite", value_parser = parse_ledger)]
+    #[arg(long, value_name = "PATH", default_value = "provision.sqlite", value_parser = parse_ledger, env = "MQTT_PROVISION_LEDGER")]
     pub ledger: LedgerLocation,
 }
 
 #[derive(Debug, Args)]
 pub struct ApiArgs {
     /// Region of the instance; gives https://onsmqtt.<region>.aliyuncs.com.
-    #[arg(long, default_value = "cn-hangzhou", env = "ALIBABA_CLOUD_REGION_ID")]
+    #[arg(long, default_value = "cn-hangzhou", env = "MQTT_PROVISION_REGION")]
     pub region: String,
     /// Endpoint URL, overriding --region (plain http only to a loopback host).
-    #[arg(long, value_name = "URL", value_parser = parse_endpoint)]
+    #[arg(long, value_name = "URL", value_parser = parse_endpoint, env = "MQTT_PROVISION_ENDPOINT")]
     pub endpoint: Option<Endpoint>,
     /// Signature version.
-    #[arg(long, value_enum, default_value_t = SignatureVersion::V3)]
+    #[arg(long, value_enum, default_value_t = SignatureVersion::V3, env = "MQTT_PROVISION_SIGNATURE")]
     pub signature: SignatureVersion,
     /// Profile of ~/.aliyun/config.json (default: ALIBABA_CLOUD_PROFILE, else its `current`).
     #[arg(long)]
@@ -199,8 +237,14 @@ pub struct ApiArgs {
     /// Read timeout, seconds.
     #[arg(long, default_value = "10", value_name = "SECS", value_parser = parse_timeout)]
     pub read_timeout: Duration,
-    /// Local address to send from (repeatable): each gets its own per-IP budget.
-    #[arg(long = "source-address", value_name = "IP")]
+    /// Local address to send from (repeatable; comma-separated in the environment): each gets
+    /// its own per-IP budget.
+    #[arg(
+        long = "source-address",
+        value_name = "IP",
+        env = "MQTT_PROVISION_SOURCE_ADDRESS",
+        value_delimiter = ','
+    )]
     pub source_addresses: Vec<IpAddr>,
 }
 
@@ -213,7 +257,7 @@ pub struct PaceArgs {
     #[arg(long, default_value = "300", value_parser = parse_rate_limit)]
     pub ip_qps: f64,
     /// Kept free under both limits for network jitter: `2%` or `0.02`.
-    #[arg(long, default_value = "2%", value_parser = parse_headroom)]
+    #[arg(long, default_value = "2%", value_parser = parse_headroom, env = "MQTT_PROVISION_HEADROOM")]
     pub headroom: f64,
     /// Token-bucket burst (the pace is lowered by burst − 1 to keep every second under the limit).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
@@ -237,13 +281,17 @@ pub struct OutputArgs {
     /// No progress output.
     #[arg(long)]
     pub quiet: bool,
+    /// Standard output becomes NDJSON events (`start`, `progress`, `halt`, `summary`; see the
+    /// README); the human text goes to stderr.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     #[command(flatten)]
     pub ledger: LedgerArgs,
-    /// Print JSON instead of text.
+    /// Print JSON instead of text (the counts and errors as the `summary` event has them).
     #[arg(long)]
     pub json: bool,
 }

@@ -11,7 +11,8 @@
 //! The map, by concern:
 //! - the command edge: [`cli`] (clap types and value parsers), [`plan`] (validated plans),
 //!   [`run`] (process context and dispatch), [`commands`] (one module per command family),
-//!   [`exit`] (the exit codes, named once), [`access`] (clients or a rehearsal simulator).
+//!   [`exit`] (the exit codes, named once), [`access`] (clients or a rehearsal simulator),
+//!   [`events`] (the `--json` NDJSON events).
 //! - the domain: [`client_id`] (ClientId rules), [`target`] (what a ledger item is about),
 //!   [`secret`] (strings that never print themselves), [`ca`] (the CA verification certificate).
 //! - the data path: [`input`] (CSV rows), [`ingest`] (rows into the ledger), [`ledger`] (the
@@ -30,6 +31,7 @@ pub mod ca;
 pub mod cli;
 pub mod client_id;
 pub mod commands;
+pub mod events;
 pub mod exit;
 pub mod ingest;
 pub mod input;

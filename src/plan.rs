@@ -98,6 +98,9 @@ pub struct BulkPlan {
     pub concurrency: usize,
     pub max_attempts: u32,
     pub progress: ProgressMode,
+    /// `--json`: NDJSON events on stdout, every `progress_interval`.
+    pub json: bool,
+    pub progress_interval: Duration,
     /// `Some(yes)` for a destructive command, which must be confirmed.
     pub confirm: Option<bool>,
 }
@@ -130,6 +133,8 @@ impl BulkPlan {
             concurrency: args.pace.concurrency,
             max_attempts: args.pace.max_attempts,
             progress: progress(&args.output, stderr_is_terminal),
+            json: args.output.json,
+            progress_interval: args.output.progress_interval,
             confirm,
         })
     }

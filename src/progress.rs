@@ -1,8 +1,10 @@
-//! Progress: an indicatif bar on a terminal, plain lines in logs.
+//! Progress and logs on stderr: an indicatif bar on a terminal, plain lines in logs, and the
+//! tracing subscriber whose lines are written around the bar.
 //!
-//! Whether stderr is a terminal is decided once by the caller and passed in ([`ProgressMode`]),
-//! never queried here, so tests choose. The counters are atomics the pipeline bumps; the
-//! reporter only reads them. No progress output ever carries a secret: it has only numbers.
+//! Whether stderr is a terminal is decided once by the caller and passed in ([`ProgressMode`],
+//! [`LogStyle`]), never queried here, so tests choose. The counters are atomics the pipeline
+//! bumps; the reporter only reads them ([`Snapshot`], which the `progress` event of `--json`
+//! also reads). No progress output ever carries a secret: it has only numbers.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,6 +13,7 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio_util::sync::CancellationToken;
 
+use crate::cli::{ColorChoice, LogFormat};
 use crate::ledger::ItemState;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,38 +75,91 @@ impl Counters {
     }
 }
 
+/// The numbers of a run at one moment: what a progress line and a `progress` event show.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Snapshot {
+    pub done: u64,
+    pub total: u64,
+    /// Targets finished by this run, by state (only states reached).
+    pub counts: std::collections::BTreeMap<&'static str, u64>,
+    pub calls: u64,
+    pub calls_per_second: f64,
+    pub throttled: u64,
+    pub elapsed_seconds: f64,
+    /// `None` until something finished.
+    pub eta_seconds: Option<f64>,
+}
+
+impl Snapshot {
+    pub fn take(c: &Counters, started: Instant) -> Snapshot {
+        let elapsed = started.elapsed().as_secs_f64().max(0.001);
+        let done = c.finished_total();
+        let total = c.total.load(Ordering::Relaxed);
+        let rate = done as f64 / elapsed;
+        let counts = ItemState::ALL
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| **s != ItemState::Pending)
+            .map(|(i, s)| (s.as_str(), c.finished[i].load(Ordering::Relaxed)))
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        let calls = c.calls.load(Ordering::Relaxed);
+        Snapshot {
+            done,
+            total,
+            counts,
+            calls,
+            calls_per_second: calls as f64 / elapsed,
+            throttled: c.throttled.load(Ordering::Relaxed),
+            elapsed_seconds: elapsed,
+            eta_seconds: (rate > 0.0).then(|| total.saturating_sub(done) as f64 / rate),
+        }
+    }
+
+    /// `12/40 done, 5.0 calls/s, ETA 6s, throttled 0: registered 12`.
+    pub fn line(&self, by_state: &str) -> String {
+        let eta = match self.eta_seconds {
+            Some(s) if self.total > self.done => format!("{s:.0}s"),
+            _ => "-".into(),
+        };
+        format!(
+            "{}/{} done, {:.1} calls/s, ETA {eta}, throttled {}: {by_state}",
+            self.done, self.total, self.calls_per_second, self.throttled
+        )
+    }
+}
+
+/// Calls `each` with a snapshot every `every` until `done` is cancelled (the first after one
+/// interval, not at once: a run shorter than the interval has none).
+pub async fn every(
+    every: Duration,
+    counters: Arc<Counters>,
+    done: CancellationToken,
+    mut each: impl FnMut(Snapshot),
+) {
+    let started = Instant::now();
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = done.cancelled() => break,
+            _ = tick.tick() => each(Snapshot::take(&counters, started)),
+        }
+    }
+}
+
 /// Shows progress until `done` is cancelled.
 pub async fn report(mode: ProgressMode, counters: Arc<Counters>, done: CancellationToken) {
     let started = Instant::now();
-    let line = |c: &Counters| {
-        let elapsed = started.elapsed().as_secs_f64().max(0.001);
-        let calls = c.calls.load(Ordering::Relaxed);
-        let finished = c.finished_total();
-        let total = c.total.load(Ordering::Relaxed);
-        let rate = finished as f64 / elapsed;
-        let eta = if rate > 0.0 && total > finished {
-            format!("{:.0}s", (total - finished) as f64 / rate)
-        } else {
-            "-".into()
-        };
-        format!(
-            "{finished}/{total} done, {:.1} calls/s, ETA {eta}, throttled {}: {}",
-            calls as f64 / elapsed,
-            c.throttled.load(Ordering::Relaxed),
-            c.by_state()
-        )
-    };
+    let line = |c: &Counters| Snapshot::take(c, started).line(&c.by_state());
     match mode {
         ProgressMode::Off => done.cancelled().await,
-        ProgressMode::Lines(every) => {
-            let mut tick = tokio::time::interval(every);
-            tick.tick().await;
-            loop {
-                tokio::select! {
-                    _ = done.cancelled() => break,
-                    _ = tick.tick() => tracing::info!("progress {}", line(&counters)),
-                }
-            }
+        ProgressMode::Lines(interval) => {
+            let c = counters.clone();
+            every(interval, counters, done, |snapshot| {
+                tracing::info!("progress {}", snapshot.line(&c.by_state()))
+            })
+            .await
         }
         ProgressMode::Bar => {
             let bar = ProgressBar::with_draw_target(
@@ -159,13 +215,90 @@ impl std::io::Write for LogWriter {
     }
 }
 
+/// How log lines look, decided once at the edge ([`LogStyle::decide`]) and passed in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogStyle {
+    /// ANSI colour and dimming.
+    pub color: bool,
+    /// One JSON object per line instead of text.
+    pub json: bool,
+}
+
+impl LogStyle {
+    /// cargo's rules: `--color always|never` wins; under `auto`, a non-empty `NO_COLOR`
+    /// (no-color.org) switches colour off, then `CLICOLOR_FORCE` (not `0`) switches it on,
+    /// else colour only on a terminal. JSON lines never carry colour.
+    pub fn decide(
+        color: ColorChoice,
+        format: LogFormat,
+        env: &dyn Fn(&str) -> Option<String>,
+        stderr_is_terminal: bool,
+    ) -> LogStyle {
+        let set = |k: &str| env(k).is_some_and(|v| !v.is_empty());
+        let json = format == LogFormat::Json;
+        let color = !json
+            && match color {
+                ColorChoice::Always => true,
+                ColorChoice::Never => false,
+                ColorChoice::Auto if set("NO_COLOR") => false,
+                ColorChoice::Auto if set("CLICOLOR_FORCE") => {
+                    env("CLICOLOR_FORCE").as_deref() != Some("0")
+                }
+                ColorChoice::Auto => stderr_is_terminal,
+            };
+        LogStyle { color, json }
+    }
+}
+
 /// tracing to stderr through [`LogWriter`], filtered by `RUST_LOG` (default `info`).
-pub fn init_logging() {
+pub fn init_logging(style: LogStyle) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
-        .with_writer(|| LogWriter)
-        .try_init();
+        .with_ansi(style.color)
+        .with_writer(|| LogWriter);
+    let _ = if style.json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn style(color: ColorChoice, vars: &[(&str, &str)], terminal: bool) -> bool {
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let env = move |k: &str| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        LogStyle::decide(color, LogFormat::Text, &env, terminal).color
+    }
+
+    #[test]
+    fn colour_follows_the_terminal_no_color_and_clicolor_force() {
+        use ColorChoice::*;
+        assert!(style(Auto, &[], true));
+        assert!(!style(Auto, &[], false), "a log file gets no escapes");
+        assert!(!style(Auto, &[("NO_COLOR", "1")], true));
+        assert!(
+            style(Auto, &[("NO_COLOR", "")], true),
+            "empty NO_COLOR is unset"
+        );
+        assert!(style(Auto, &[("CLICOLOR_FORCE", "1")], false));
+        assert!(!style(Auto, &[("CLICOLOR_FORCE", "0")], false));
+        assert!(!style(
+            Auto,
+            &[("CLICOLOR_FORCE", "1"), ("NO_COLOR", "1")],
+            false
+        ));
+        assert!(style(Always, &[("NO_COLOR", "1")], false));
+        assert!(!style(Never, &[("CLICOLOR_FORCE", "1")], true));
+        let json = LogStyle::decide(Always, LogFormat::Json, &|_| None, true);
+        assert!(json.json && !json.color);
+    }
 }

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{CaCommand, CertCommand, Cli, Command};
-use crate::commands::{bulk, inspect, simulate, single};
+use crate::commands::{bulk, docs, inspect, simulate, single};
 use crate::exit::ExitCode;
 pub use crate::exit::Failure;
 use crate::pipeline::Operation;
@@ -75,7 +75,12 @@ pub fn main_entry() -> i32 {
         }
     };
     let context = RunContext::from_process();
-    progress::init_logging();
+    progress::init_logging(progress::LogStyle::decide(
+        cli.log.color,
+        cli.log.log_format,
+        &context.env,
+        context.stderr_is_terminal,
+    ));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -152,5 +157,7 @@ pub async fn execute(cli: Cli, context: &RunContext) -> Result<ExitCode, Failure
         Command::Status(args) => inspect::status(args).await,
         Command::Export(args) => inspect::export(ExportPlan::new(args)?).await,
         Command::Simulate(args) => simulate::run(args.config, context).await,
+        Command::Completions(args) => docs::completions(args.shell),
+        Command::Man => docs::man(),
     }
 }

@@ -1,5 +1,6 @@
 //! The bulk commands: validate and ingest the input, confirm if destructive, then run the
-//! operation over the ledger's pending targets with progress, and print the summary.
+//! operation over the ledger's pending targets with progress, and print the summary. With
+//! `--json`, stdout carries the [`crate::events`] and the human text goes to stderr.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -8,6 +9,7 @@ use anyhow::anyhow;
 use tokio_util::sync::CancellationToken;
 
 use crate::access::Access;
+use crate::events::{Event, Events, Pace};
 use crate::exit::{ExitCode, Failure};
 use crate::ingest;
 use crate::ledger::{ItemState, Ledger};
@@ -39,12 +41,15 @@ pub async fn run(plan: BulkPlan, context: &RunContext) -> Result<ExitCode, Failu
         .await
         .map_err(Failure::from)?;
     let counts = ingest::ingest(&ledger, operation.name(), &fresh, &plan.input).await?;
+    let events = Events { enabled: plan.json };
     let unchanged = plan.files.len() - fresh.len();
     if unchanged > 0 {
-        println!("{unchanged} file(s) already ingested unchanged: not read again");
+        events.say(&format!(
+            "{unchanged} file(s) already ingested unchanged: not read again\n"
+        ));
     }
-    println!(
-        "ingested {} rows from {} file(s): {} new targets, {} already in the ledger or repeated, {} invalid{}",
+    events.say(&format!(
+        "ingested {} rows from {} file(s): {} new targets, {} already in the ledger or repeated, {} invalid{}\n",
         counts.rows,
         fresh.len(),
         counts.new_targets,
@@ -55,21 +60,56 @@ pub async fn run(plan: BulkPlan, context: &RunContext) -> Result<ExitCode, Failu
         } else {
             String::new()
         }
-    );
+    ));
     let before = OperationStatus::load(&ledger, operation.name())
         .await
         .map_err(Failure::from)?;
     let pending = before.count(ItemState::Pending);
+    // After a destructive run is confirmed, so every `start` is followed by a `summary`.
+    let start = || {
+        events.emit(&Event::Start {
+            operation: operation.name(),
+            instance_id: ledger.instance_id(),
+            ledger: ledger.path(),
+            targets: pending,
+            dry_run: plan.dry_run,
+            pace: Pace {
+                calls_per_second: plan.pace.target_rate(plan.sources()),
+                account_qps: plan.pace.account_qps,
+                ip_qps: plan.pace.ip_qps,
+                headroom: plan.pace.headroom,
+                concurrency: plan.concurrency,
+                sources: plan.sources(),
+            },
+        })
+    };
     let Some(access) = access else {
-        print!(
-            "{}",
-            report::plan::render(operation, &before, &plan.pace, plan.sources())
-        );
-        return Ok(if before.count(ItemState::Invalid) > 0 {
+        start();
+        events.say(&report::plan::render(
+            operation,
+            &before,
+            &plan.pace,
+            plan.sources(),
+        ));
+        let code = if before.count(ItemState::Invalid) > 0 {
             ExitCode::Incomplete
         } else {
             ExitCode::Success
+        };
+        events.emit(&Event::Summary {
+            operation: operation.name(),
+            instance_id: ledger.instance_id(),
+            ledger: ledger.path(),
+            counts: &before.counts,
+            errors: &before.errors,
+            elapsed_seconds: 0.0,
+            calls: 0,
+            calls_per_second: 0.0,
+            throttled: 0,
+            exit_code: code.code(),
+            resume: None,
         });
+        return Ok(code);
     };
     if let Some(yes) = plan.confirm
         && pending > 0
@@ -80,8 +120,9 @@ pub async fn run(plan: BulkPlan, context: &RunContext) -> Result<ExitCode, Failu
             operation.main_action(),
             plan.access.instance_id
         );
-        confirm_destructive(&what, yes, context)?;
+        confirm_destructive(&what, yes, context, events)?;
     }
+    start();
 
     let run_id = ledger
         .begin_run(operation.name(), &context.command_line)
@@ -97,6 +138,14 @@ pub async fn run(plan: BulkPlan, context: &RunContext) -> Result<ExitCode, Failu
         counters.clone(),
         progress_done.clone(),
     ));
+    let progress_events = events.enabled.then(|| {
+        tokio::spawn(progress::every(
+            plan.progress_interval,
+            counters.clone(),
+            progress_done.clone(),
+            move |snapshot| events.emit(&Event::Progress(snapshot)),
+        ))
+    });
     let outcome = pipeline::run(
         plan.run_plan(),
         ledger.clone(),
@@ -108,13 +157,43 @@ pub async fn run(plan: BulkPlan, context: &RunContext) -> Result<ExitCode, Failu
     .map_err(Failure::from)?;
     progress_done.cancel();
     let _ = reporter.await;
+    if let Some(task) = progress_events {
+        let _ = task.await;
+    }
 
     let after = OperationStatus::load(&ledger, operation.name())
         .await
         .map_err(Failure::from)?;
     let code = report::exit_code(outcome.halt.as_ref(), &after);
     let summary = report::summary(&ledger, operation, &after, &outcome, &context.command_line);
-    print!("{summary}");
+    events.say(&summary);
+    let resume = context.command_line.as_str();
+    if let Some(halt) = &outcome.halt {
+        events.emit(&Event::Halt {
+            halt: &report::halt_report(halt),
+            exit_code: code.code(),
+            resume,
+        });
+    }
+    let secs = outcome.elapsed.as_secs_f64();
+    events.emit(&Event::Summary {
+        operation: operation.name(),
+        instance_id: ledger.instance_id(),
+        ledger: ledger.path(),
+        counts: &after.counts,
+        errors: &after.errors,
+        elapsed_seconds: secs,
+        calls: outcome.calls,
+        calls_per_second: if secs > 0.0 {
+            outcome.calls as f64 / secs
+        } else {
+            0.0
+        },
+        throttled: outcome.throttled,
+        exit_code: code.code(),
+        // Rerunning resumes pending targets and retries failed ones.
+        resume: (code != ExitCode::Success).then_some(resume),
+    });
     if let Err(e) = ledger.finish_run(run_id, code.code(), &summary).await {
         tracing::warn!("could not record the run's end: {e}");
     }
@@ -123,8 +202,13 @@ pub async fn run(plan: BulkPlan, context: &RunContext) -> Result<ExitCode, Failu
 }
 
 /// Asks before a destructive run: `--yes`, or a typed "yes" on a terminal; otherwise refuses.
-fn confirm_destructive(what: &str, yes: bool, context: &RunContext) -> Result<(), Failure> {
-    println!("{what}");
+fn confirm_destructive(
+    what: &str,
+    yes: bool,
+    context: &RunContext,
+    events: Events,
+) -> Result<(), Failure> {
+    events.say(&format!("{what}\n"));
     if yes {
         return Ok(());
     }
@@ -133,7 +217,7 @@ fn confirm_destructive(what: &str, yes: bool, context: &RunContext) -> Result<()
             "refusing a destructive operation without confirmation: rerun with --yes"
         )));
     }
-    print!("Type 'yes' to continue: ");
+    events.say("Type 'yes' to continue: ");
     std::io::Write::flush(&mut std::io::stdout()).map_err(|e| Failure::usage(anyhow!(e)))?;
     let mut answer = String::new();
     std::io::stdin()

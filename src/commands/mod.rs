@@ -7,8 +7,10 @@
 //! - [`single`]: `ca register-code`, `ca verification-cert`, `cert list` — a few calls, no ledger.
 //! - [`inspect`]: `status`, `export` — read a ledger.
 //! - [`simulate`]: the simulator as a server.
+//! - [`docs`]: `completions`, `man` — generated from the clap definitions of [`crate::cli`].
 
 pub mod bulk;
+pub mod docs;
 pub mod inspect;
 pub mod simulate;
 pub mod single;

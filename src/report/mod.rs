@@ -11,4 +11,4 @@ pub mod status;
 pub mod summary;
 
 pub use status::OperationStatus;
-pub use summary::{exit_code, summary};
+pub use summary::{exit_code, halt_report, summary};

@@ -1,6 +1,7 @@
 //! The end-of-run summary and the exit code: honest counts, what this run did, and what to do
 //! next (the command to resume, where the failures are, how to export).
 
+use crate::events::HaltReport;
 use crate::exit::ExitCode;
 use crate::ledger::{ItemState, Ledger};
 use crate::pipeline::{Halt, Operation, RunOutcome};
@@ -76,15 +77,52 @@ pub fn summary(
                 });
             }
         }
-        Some(Halt::QuotaFull(e)) => out.push_str(&format!(
-            "  HALTED: the instance's credential quota is full ({e}).\n  Unregister unused credentials or raise the quota, then resume with:\n    {resume}\n"
-        )),
-        Some(Halt::Fatal(e)) => out.push_str(&format!("  HALTED: {e}\n  Fix the credentials, permissions, instance or clock, then resume with:\n    {resume}\n")),
-        Some(Halt::AllSourcesBlocked(e)) => out.push_str(&format!(
-            "  HALTED: every source address was blocked for exceeding the per-IP limit ({e}).\n  Wait for the block to expire, lower --ip-qps, then resume with:\n    {resume}\n"
-        )),
-        Some(Halt::Interrupted) => out.push_str(&format!("  INTERRUPTED: resume with:\n    {resume}\n")),
-        Some(Halt::Ledger(e)) => out.push_str(&format!("  HALTED: the ledger could not be written: {e}\n  Results not written are reconciled on resume:\n    {resume}\n")),
+        Some(Halt::Interrupted) => {
+            out.push_str(&format!("  INTERRUPTED: resume with:\n    {resume}\n"))
+        }
+        Some(halt) => {
+            let report = halt_report(halt);
+            out.push_str(&format!(
+                "  HALTED: {}\n  {} with:\n    {resume}\n",
+                report.message, report.action
+            ))
+        }
     }
     out
+}
+
+/// Why a run halted and what to do before resuming: the summary's text and the `halt` event.
+pub fn halt_report(halt: &Halt) -> HaltReport {
+    let (cause, message, action) = match halt {
+        Halt::QuotaFull(e) => (
+            "quota_full",
+            format!("the instance's credential quota is full ({e})."),
+            "Unregister unused credentials or raise the quota, then resume",
+        ),
+        Halt::Fatal(e) => (
+            "fatal",
+            e.to_string(),
+            "Fix the credentials, permissions, instance or clock, then resume",
+        ),
+        Halt::AllSourcesBlocked(e) => (
+            "all_sources_blocked",
+            format!("every source address was blocked for exceeding the per-IP limit ({e})."),
+            "Wait for the block to expire, lower --ip-qps, then resume",
+        ),
+        Halt::Interrupted => (
+            "interrupted",
+            "interrupted by Ctrl-C or SIGTERM".to_owned(),
+            "Resume",
+        ),
+        Halt::Ledger(e) => (
+            "ledger",
+            format!("the ledger could not be written: {e}"),
+            "Results not written are reconciled on resume; fix the ledger's disk, then resume",
+        ),
+    };
+    HaltReport {
+        cause,
+        message,
+        action: action.to_owned(),
+    }
 }

@@ -102,7 +102,7 @@ pub struct SimConfig {
     #[arg(long = "access-key", value_name = "ID:SECRET[:TOKEN]", value_parser = parse_key)]
     pub access_keys: Vec<AccessKey>,
     /// An instance that exists (repeatable; default: the rehearsal instance).
-    #[arg(long = "instance", value_name = "INSTANCE_ID")]
+    #[arg(long = "instance-id", alias = "instance", value_name = "ID")]
     pub instances: Vec<String>,
     /// What a repeated RegisterDeviceCredential does.
     #[arg(long, value_enum, default_value_t = DupMode::Exist)]

@@ -26,7 +26,7 @@ impl SimProcess {
                 "simulate",
                 "--listen",
                 &listen,
-                "--instance",
+                "--instance-id",
                 instance,
                 "--access-key",
                 access_key,
@@ -40,6 +40,10 @@ impl SimProcess {
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
             .unwrap();
+        assert!(
+            line.contains(&format!("(instance {instance},")),
+            "simulate --instance-id {instance} serves that instance: {line:?}"
+        );
         let port = line
             .split("http://127.0.0.1:")
             .nth(1)

@@ -65,7 +65,7 @@ def error_code(call):
 
 
 def main():
-    args = [BINARY, "simulate", "--listen", "127.0.0.1:0", "--instance", INSTANCE]
+    args = [BINARY, "simulate", "--listen", "127.0.0.1:0", "--instance-id", INSTANCE]
     for key_id, secret, token in KEYS:
         args += ["--access-key", f"{key_id}:{secret}" + (f":{token}" if token else "")]
     sim = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
