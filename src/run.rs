@@ -91,8 +91,9 @@ pub fn main_entry() -> i32 {
             return ExitCode::Usage.code();
         }
     };
+    let on_interrupt = OnInterrupt::of(&cli.command);
     runtime.block_on(async {
-        install_signal_handlers(context.interrupt.clone());
+        install_signal_handlers(context.interrupt.clone(), on_interrupt);
         match execute(cli, &context).await {
             Ok(code) => code.code(),
             Err(failure) => {
@@ -103,9 +104,51 @@ pub fn main_entry() -> i32 {
     })
 }
 
-/// First Ctrl-C or SIGTERM: stop dispatching, finish calls in flight, flush. Second: exit now
-/// (resume is still safe: claims are durable before any call).
-fn install_signal_handlers(interrupt: CancellationToken) {
+/// What the first Ctrl-C (or SIGTERM) does to a command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum OnInterrupt {
+    /// A bulk run: stop dispatching, let calls in flight finish and be recorded.
+    Drain,
+    /// The simulator: stop serving, write its --stats-out and --dump-credentials.
+    StopServing,
+    /// An export: finish the file being written (it is renamed into place only when whole).
+    Finish,
+    /// One read-only call or a local read: nothing to keep, so exit at once.
+    Exit,
+}
+
+impl OnInterrupt {
+    fn of(command: &Command) -> Self {
+        match command {
+            Command::Register(_)
+            | Command::Fetch(_)
+            | Command::Rotate(_)
+            | Command::Revoke(_)
+            | Command::Cert(CertCommand::Inactivate(_) | CertCommand::Activate(_)) => Self::Drain,
+            Command::Simulate(_) => Self::StopServing,
+            Command::Export(_) => Self::Finish,
+            _ => Self::Exit,
+        }
+    }
+
+    fn message(self) -> &'static str {
+        match self {
+            Self::Drain => {
+                "\ninterrupted: stopping; calls in flight finish first (press Ctrl-C again to exit at once; rerunning resumes safely)"
+            }
+            Self::StopServing => "\ninterrupted: stopping the simulator",
+            Self::Finish => {
+                "\ninterrupted: finishing the file being written (press Ctrl-C again to exit at once)"
+            }
+            Self::Exit => "\ninterrupted",
+        }
+    }
+}
+
+/// First Ctrl-C or SIGTERM: a bulk run stops dispatching, finishes calls in flight and flushes;
+/// the simulator stops serving; anything else exits at once. Second: exit now (resume is still
+/// safe: claims are durable before any call).
+fn install_signal_handlers(interrupt: CancellationToken, on_interrupt: OnInterrupt) {
     tokio::spawn(async move {
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
@@ -116,9 +159,10 @@ fn install_signal_handlers(interrupt: CancellationToken) {
             }
         };
         next(&mut term).await;
-        eprintln!(
-            "\ninterrupted: stopping; calls in flight finish first (press Ctrl-C again to exit at once; rerunning resumes safely)"
-        );
+        eprintln!("{}", on_interrupt.message());
+        if on_interrupt == OnInterrupt::Exit {
+            std::process::exit(ExitCode::Interrupted.code());
+        }
         interrupt.cancel();
         next(&mut term).await;
         eprintln!("interrupted again: exiting now");

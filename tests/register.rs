@@ -147,7 +147,7 @@ async fn quota_halts_cleanly_then_resumes_once_raised() {
     let state = dir.path().join("sim.jsonl");
     let sim = simulator(SimConfig {
         quota: Some(30),
-        state: Some(state.clone()),
+        journal: Some(state.clone()),
         ..SimConfig::default()
     })
     .await;
@@ -175,7 +175,7 @@ async fn quota_halts_cleanly_then_resumes_once_raised() {
 
     let sim = simulator(fast(SimConfig {
         quota: Some(1000),
-        state: Some(state),
+        journal: Some(state),
         ..SimConfig::default()
     }))
     .await;

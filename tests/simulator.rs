@@ -555,7 +555,7 @@ async fn state_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("sim-state.jsonl");
     let sim = simulator(SimConfig {
-        state: Some(state.clone()),
+        journal: Some(state.clone()),
         ..SimConfig::default()
     })
     .await;
@@ -567,7 +567,7 @@ async fn state_survives_a_restart() {
         .device_credential;
     sim.stop().await;
     let sim = simulator(SimConfig {
-        state: Some(state.clone()),
+        journal: Some(state.clone()),
         ..SimConfig::default()
     })
     .await;

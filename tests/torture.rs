@@ -18,9 +18,9 @@ const INSTANCE: &str = "post-cn-torture01";
 mod sim_process;
 use sim_process::SimProcess;
 
-/// The simulator process of these tests: their instance and key, a `--state` journal.
+/// The simulator process of these tests: their instance and key, a `--journal`.
 fn start_sim(state: &Path, listen_port: u16, extra: &[&str]) -> SimProcess {
-    let mut args = vec!["--state", state.to_str().unwrap()];
+    let mut args = vec!["--journal", state.to_str().unwrap()];
     args.extend_from_slice(extra);
     SimProcess::start(BIN, listen_port, INSTANCE, &format!("{AK}:{SECRET}"), &args)
 }
@@ -640,4 +640,45 @@ fn no_secret_in_any_output() {
             "a DeviceAccessKeySecret leaked"
         );
     }
+}
+
+#[test]
+fn a_single_call_command_exits_at_once_on_ctrl_c() {
+    // One read-only call has nothing to drain: the first Ctrl-C ends it, even while its answer
+    // is seconds away (here 8 s of latency, within a 20 s read timeout).
+    let dir = tempfile::tempdir().unwrap();
+    let sim = start_sim(
+        &dir.path().join("sim.journal"),
+        0,
+        &["--latency", "fixed:8000"],
+    );
+    let mut child = Command::new(BIN)
+        .args([
+            "ca",
+            "register-code",
+            "--instance-id",
+            INSTANCE,
+            "--read-timeout",
+            "20",
+        ])
+        .args(["--endpoint", &sim.endpoint()])
+        .env("ALIBABA_CLOUD_ACCESS_KEY_ID", AK)
+        .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", SECRET)
+        .env("HOME", dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(child.try_wait().unwrap().is_none(), "the call is in flight");
+    let interrupted = Instant::now();
+    unsafe_sigint(&child);
+    let out = wait_with_timeout(&mut child, Duration::from_secs(3));
+    assert_eq!(out.status.code(), Some(130), "exit code of an interrupt");
+    assert!(
+        interrupted.elapsed() < Duration::from_secs(3),
+        "it did not wait for the answer"
+    );
+    sim.kill();
 }

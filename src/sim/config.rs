@@ -151,8 +151,8 @@ pub struct SimConfig {
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// Keep the registry in this journal file across restarts.
-    #[arg(long)]
-    pub state: Option<PathBuf>,
+    #[arg(long, alias = "state", value_name = "FILE")]
+    pub journal: Option<PathBuf>,
     /// Seed device certificates from a CSV with columns device_sn, ca_sn [, device_name, status].
     #[arg(long)]
     pub device_certs: Option<PathBuf>,

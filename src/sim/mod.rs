@@ -114,7 +114,7 @@ impl Decision {
 impl Sim {
     fn new(config: SimConfig) -> std::io::Result<Self> {
         let rules = Rules::new(&config);
-        let mut registry = Registry::open(config.state.as_deref())?;
+        let mut registry = Registry::open(config.journal.as_deref())?;
         if let Some(path) = &config.device_certs {
             registry.seed_certificates_from(path, rules.instances())?;
         }
