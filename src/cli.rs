@@ -74,8 +74,16 @@ pub enum Command {
     Ca(CaCommand),
     /// Counts per state, errors by code, and the last run of a ledger.
     Status(StatusArgs),
-    /// Write credentials (or failures) from the ledger as CSV or JSON, for flashing.
+    /// Write the credential every device holds now (or one operation's rows, or the failures)
+    /// as CSV, JSON or a spreadsheet, for flashing.
     Export(ExportArgs),
+    /// A device's (or certificate's) history in time order: operation, outcome, time, attempts,
+    /// error code, RequestId, the DeviceAccessKeyId of each credential, file and line. Never a
+    /// secret.
+    Show(ShowArgs),
+    /// Ledger maintenance: seal its secrets in place, purge the ones no device holds.
+    #[command(subcommand)]
+    Ledger(LedgerCommand),
     /// Run the OnsMqtt simulator as a server (rehearsals, tests, benchmarks).
     Simulate(SimulateArgs),
     /// Print a shell completion script, generated from these same definitions.
@@ -158,6 +166,61 @@ pub struct RunArgs {
     pub pace: PaceArgs,
     #[command(flatten)]
     pub output: OutputArgs,
+    /// Seal every secret the ledger stores to this age X25519 recipient (age1…; repeatable or
+    /// comma-separated). A new ledger remembers its recipients and seals from then on.
+    #[arg(
+        long = "encrypt-to",
+        value_name = "RECIPIENT",
+        value_delimiter = ',',
+        env = "MQTT_PROVISION_ENCRYPT_TO"
+    )]
+    pub encrypt_to: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// The device's ClientId.
+    #[arg(
+        value_name = "CLIENT_ID",
+        required_unless_present = "device_sn",
+        conflicts_with = "device_sn"
+    )]
+    pub client_id: Option<String>,
+    /// A device certificate's serial number (with --ca-sn) instead of a ClientId.
+    #[arg(long, value_name = "SN", requires = "ca_sn")]
+    pub device_sn: Option<String>,
+    #[arg(long, value_name = "SN", requires = "device_sn")]
+    pub ca_sn: Option<String>,
+    #[command(flatten)]
+    pub ledger: LedgerArgs,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LedgerCommand {
+    /// Seal every plain secret of the ledger to age recipients, atomically (interrupted, it is
+    /// left as it was; rerun it), and seal every secret stored from then on.
+    Seal(SealArgs),
+    /// Clear every secret that is no device's current credential (rotated away, revoked,
+    /// copies older operations kept), then compact the file.
+    Purge(LedgerArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SealArgs {
+    #[command(flatten)]
+    pub ledger: LedgerArgs,
+    /// An age X25519 recipient (age1…); repeatable or comma-separated.
+    #[arg(
+        long = "encrypt-to",
+        value_name = "RECIPIENT",
+        value_delimiter = ',',
+        required = true,
+        env = "MQTT_PROVISION_ENCRYPT_TO"
+    )]
+    pub encrypt_to: Vec<String>,
 }
 
 /// One call (or a few pages) against the API, no ledger.
@@ -300,6 +363,8 @@ pub struct StatusArgs {
 pub enum ExportFormat {
     Csv,
     Json,
+    /// A spreadsheet whose cells are text: passwords beginning with `+` or `=` stay intact.
+    Xlsx,
 }
 
 #[derive(Debug, Args)]
@@ -308,7 +373,8 @@ pub struct ExportArgs {
     pub ledger: LedgerArgs,
     #[arg(long, value_enum, default_value_t = ExportFormat::Csv)]
     pub format: ExportFormat,
-    /// States to export, comma-separated (default: the operation's success states).
+    /// States to export, comma-separated (default: every state that holds a credential; with
+    /// --operation, that operation's success states).
     #[arg(long, value_delimiter = ',', value_parser = parse_state)]
     pub state: Vec<ItemState>,
     /// Output file (created 0600), or `-` for standard output.
@@ -317,10 +383,13 @@ pub struct ExportArgs {
     /// Write the failures instead: file, line, client_id, state, code, message, request_id.
     #[arg(long)]
     pub failures: bool,
-    /// Which operation's rows: register, fetch, rotate (credentials), or any operation with
-    /// --failures. Exporting rotated rows drops the previous secrets the ledger kept.
-    #[arg(long, value_enum, default_value_t = OperationName::Register)]
-    pub operation: OperationName,
+    /// One operation's rows instead of what devices hold now, for audits: register, fetch,
+    /// rotate, or any operation with --failures (whose default is register).
+    #[arg(long, value_enum)]
+    pub operation: Option<OperationName>,
+    /// The age identity file that opens a sealed ledger's secrets (AGE-SECRET-KEY-1…).
+    #[arg(long, value_name = "FILE", env = "MQTT_PROVISION_IDENTITY")]
+    pub identity: Option<PathBuf>,
 }
 
 /// The operations a ledger records, by the name it records them under.

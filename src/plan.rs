@@ -19,7 +19,7 @@ use crate::cli::{
 use crate::client_id::ClientId;
 use crate::exit::Failure;
 use crate::input::InputSpec;
-use crate::ledger::{ItemState, LedgerLocation};
+use crate::ledger::{ItemState, LedgerLocation, Sealer};
 use crate::pipeline::{Operation, PaceConfig, RunPlan};
 use crate::progress::ProgressMode;
 use crate::sim;
@@ -103,6 +103,8 @@ pub struct BulkPlan {
     pub progress_interval: Duration,
     /// `Some(yes)` for a destructive command, which must be confirmed.
     pub confirm: Option<bool>,
+    /// `--encrypt-to`: the recipients the ledger seals secrets to.
+    pub seal_to: Option<Sealer>,
 }
 
 impl BulkPlan {
@@ -136,6 +138,13 @@ impl BulkPlan {
             json: args.output.json,
             progress_interval: args.output.progress_interval,
             confirm,
+            seal_to: match args.encrypt_to.is_empty() {
+                true => None,
+                false => Some(
+                    Sealer::parse(&args.encrypt_to)
+                        .map_err(|e| Failure::usage(anyhow!("--encrypt-to: {e}")))?,
+                ),
+            },
         })
     }
 
@@ -208,45 +217,86 @@ pub fn operation(name: OperationName) -> Operation {
 /// What `export` writes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExportSelection {
-    /// Credentials of targets in these states.
-    Credentials { states: Vec<ItemState> },
-    /// Every target that did not succeed, and every invalid input row.
-    Failures,
+    /// The credential every device holds now, for devices in these states.
+    Current { states: Vec<ItemState> },
+    /// One operation's rows in these states, as they were recorded (audits).
+    Operation {
+        operation: Operation,
+        states: Vec<ItemState>,
+    },
+    /// Every target of the operation that did not succeed, and every invalid input row.
+    Failures { operation: Operation },
 }
+
+/// The states in which a device holds a credential.
+pub const HOLDING_STATES: [ItemState; 4] = [
+    ItemState::Registered,
+    ItemState::Existing,
+    ItemState::Fetched,
+    ItemState::Rotated,
+];
 
 #[derive(Debug, Clone)]
 pub struct ExportPlan {
     pub ledger: LedgerLocation,
-    pub operation: Operation,
     pub selection: ExportSelection,
-    pub json: bool,
+    pub format: ExportFormat,
     /// `None` is standard output.
     pub out: Option<PathBuf>,
+    /// Opens a sealed ledger's secrets.
+    pub identity: Option<PathBuf>,
 }
 
 impl ExportPlan {
     pub fn new(args: ExportArgs) -> Result<Self, Failure> {
-        let operation = operation(args.operation);
-        let selection = if args.failures {
-            ExportSelection::Failures
-        } else if !operation.leaves_credentials() {
+        let out = (args.out.as_os_str() != "-").then_some(args.out);
+        if args.format == ExportFormat::Xlsx && out.is_none() {
             return Err(Failure::usage(anyhow!(
-                "{} leaves no credentials to export; use --failures",
-                operation.name()
+                "--format xlsx writes a file: give --out FILE.xlsx"
             )));
-        } else if args.state.is_empty() {
-            ExportSelection::Credentials {
-                states: operation.success_states().to_vec(),
+        }
+        let selection = match (args.failures, args.operation.map(operation)) {
+            (true, operation) => ExportSelection::Failures {
+                operation: operation.unwrap_or(Operation::Register {
+                    check_existing: false,
+                }),
+            },
+            (false, None) => {
+                if let Some(s) = args.state.iter().find(|s| !HOLDING_STATES.contains(s)) {
+                    return Err(Failure::usage(anyhow!(
+                        "a device in state {s} holds no credential; --state takes {} (or use --failures, or --operation)",
+                        HOLDING_STATES.map(|s| s.as_str()).join(", ")
+                    )));
+                }
+                ExportSelection::Current {
+                    states: if args.state.is_empty() {
+                        HOLDING_STATES.to_vec()
+                    } else {
+                        args.state
+                    },
+                }
             }
-        } else {
-            ExportSelection::Credentials { states: args.state }
+            (false, Some(operation)) if !operation.leaves_credentials() => {
+                return Err(Failure::usage(anyhow!(
+                    "{} leaves no credentials to export; use --failures",
+                    operation.name()
+                )));
+            }
+            (false, Some(operation)) => ExportSelection::Operation {
+                states: if args.state.is_empty() {
+                    operation.success_states().to_vec()
+                } else {
+                    args.state
+                },
+                operation,
+            },
         };
         Ok(ExportPlan {
             ledger: args.ledger.ledger,
-            operation,
             selection,
-            json: args.format == ExportFormat::Json,
-            out: (args.out.as_os_str() != "-").then_some(args.out),
+            format: args.format,
+            out,
+            identity: args.identity,
         })
     }
 }

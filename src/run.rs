@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{CaCommand, CertCommand, Cli, Command};
+use crate::cli::{CaCommand, CertCommand, Cli, Command, LedgerCommand};
 use crate::commands::{bulk, docs, inspect, simulate, single};
 use crate::exit::ExitCode;
 pub use crate::exit::Failure;
@@ -126,7 +126,7 @@ impl OnInterrupt {
             | Command::Revoke(_)
             | Command::Cert(CertCommand::Inactivate(_) | CertCommand::Activate(_)) => Self::Drain,
             Command::Simulate(_) => Self::StopServing,
-            Command::Export(_) => Self::Finish,
+            Command::Export(_) | Command::Ledger(_) => Self::Finish,
             _ => Self::Exit,
         }
     }
@@ -200,6 +200,9 @@ pub async fn execute(cli: Cli, context: &RunContext) -> Result<ExitCode, Failure
         }
         Command::Status(args) => inspect::status(args).await,
         Command::Export(args) => inspect::export(ExportPlan::new(args)?).await,
+        Command::Show(args) => inspect::show(args).await,
+        Command::Ledger(LedgerCommand::Seal(args)) => inspect::seal(args).await,
+        Command::Ledger(LedgerCommand::Purge(args)) => inspect::purge(args).await,
         Command::Simulate(args) => simulate::run(args.config, context).await,
         Command::Completions(args) => docs::completions(args.shell),
         Command::Man => docs::man(),

@@ -31,11 +31,14 @@ pub async fn run(plan: BulkPlan, context: &RunContext) -> Result<ExitCode, Failu
         Some(Access::connect(&plan.access, context).await?)
     };
 
-    let ledger = Arc::new(
-        Ledger::open(&plan.ledger, &plan.access.instance_id)
-            .await
-            .map_err(Failure::from)?,
-    );
+    let mut ledger = Ledger::open(&plan.ledger, &plan.access.instance_id)
+        .await
+        .map_err(Failure::from)?;
+    ledger
+        .require_recipients(plan.seal_to.clone())
+        .await
+        .map_err(Failure::from)?;
+    let ledger = Arc::new(ledger);
     let retried = ledger
         .retry_failed(operation.name())
         .await

@@ -1,13 +1,16 @@
-//! The commands that read a ledger: `status` and `export`.
+//! The commands that read a ledger: `status`, `export` and `show`; and its maintenance
+//! (`ledger seal`, `ledger purge`).
 
-use anyhow::{Context as _, anyhow};
+use anyhow::anyhow;
 
-use crate::cli::StatusArgs;
+use crate::cli::{LedgerArgs, SealArgs, ShowArgs, StatusArgs};
 use crate::exit::{ExitCode, Failure};
-use crate::ledger::Ledger;
+use crate::ledger::{Ledger, Sealer};
 use crate::plan::{ExportPlan, ExportSelection};
 use crate::report::export;
+use crate::report::history::History;
 use crate::report::status::LedgerStatus;
+use crate::target::{CertificateId, Target};
 
 pub async fn status(args: StatusArgs) -> Result<ExitCode, Failure> {
     let ledger = Ledger::open_existing(&args.ledger.ledger)
@@ -29,21 +32,104 @@ pub async fn export(plan: ExportPlan) -> Result<ExitCode, Failure> {
         .await
         .map_err(Failure::from)?;
     let out = plan.out.as_deref();
-    let name = plan.operation.name();
+    let identity = plan.identity.as_deref();
+    let names = |states: &[crate::ledger::ItemState]| -> Vec<&'static str> {
+        states.iter().map(|s| s.as_str()).collect()
+    };
     let written = match &plan.selection {
-        ExportSelection::Failures => export::export_failures(&ledger, name, out, plan.json).await,
-        ExportSelection::Credentials { states } => {
-            let states: Vec<&str> = states.iter().map(|s| s.as_str()).collect();
-            export::export_credentials(&ledger, name, &states, out, plan.json).await
+        ExportSelection::Current { states } => {
+            export::export_current(&ledger, &names(states), out, plan.format, identity).await
         }
-    }
-    .with_context(|| match out {
-        Some(path) => format!("writing {}", path.display()),
-        None => "writing to standard output".to_owned(),
-    })
-    .map_err(Failure::halted)?;
+        ExportSelection::Operation { operation, states } => {
+            let name = operation.name();
+            export::export_credentials(&ledger, name, &names(states), out, plan.format, identity)
+                .await
+        }
+        ExportSelection::Failures { operation } => {
+            export::export_failures(&ledger, operation.name(), out, plan.format).await
+        }
+    };
+    let written = match written {
+        Ok(n) => n,
+        // A sealed ledger without (or with the wrong) identity: nothing was written.
+        Err(e) => match e.downcast::<crate::ledger::LedgerError>() {
+            Ok(ledger_error) => return Err(Failure::from(ledger_error)),
+            Err(e) => {
+                let e = e.context(match out {
+                    Some(path) => format!("writing {}", path.display()),
+                    None => "writing to standard output".to_owned(),
+                });
+                return Err(Failure::halted(e));
+            }
+        },
+    };
     if let Some(path) = out {
         eprintln!("wrote {written} rows to {}", path.display());
     }
+    Ok(ExitCode::Success)
+}
+
+pub async fn show(args: ShowArgs) -> Result<ExitCode, Failure> {
+    let target = match (&args.client_id, &args.device_sn, &args.ca_sn) {
+        (Some(id), _, _) => Target::Device(
+            crate::client_id::ClientId::parse(id)
+                .map_err(|e| Failure::usage(anyhow!("{id:?} is not a ClientId: {e}")))?,
+        ),
+        (None, Some(sn), Some(ca)) => {
+            Target::Certificate(CertificateId::new(sn, ca).map_err(|e| Failure::usage(anyhow!(e)))?)
+        }
+        _ => {
+            return Err(Failure::usage(anyhow!(
+                "give a CLIENT_ID, or --device-sn and --ca-sn"
+            )));
+        }
+    };
+    let ledger = Ledger::open_existing(&args.ledger.ledger)
+        .await
+        .map_err(Failure::from)?;
+    let history = History::load(&ledger, &target)
+        .await
+        .map_err(Failure::from)?;
+    if history.events.is_empty() && history.now.is_none() {
+        return Err(Failure::usage(anyhow!(
+            "{} has no history in ledger {}",
+            history.target,
+            ledger.path()
+        )));
+    }
+    if args.json {
+        let text =
+            serde_json::to_string_pretty(&history).map_err(|e| Failure::halted(anyhow!(e)))?;
+        println!("{text}");
+    } else {
+        print!("{}", history.render());
+    }
+    Ok(ExitCode::Success)
+}
+
+pub async fn seal(args: SealArgs) -> Result<ExitCode, Failure> {
+    let sealer = Sealer::parse(&args.encrypt_to).map_err(|e| Failure::usage(anyhow!(e)))?;
+    let mut ledger = Ledger::open_maintenance(&args.ledger.ledger)
+        .await
+        .map_err(Failure::from)?;
+    let sealed = ledger.seal_in_place(sealer).await.map_err(Failure::from)?;
+    eprintln!(
+        "sealed {sealed} secrets in {}; every secret stored from now on is sealed too",
+        ledger.path()
+    );
+    ledger.close().await;
+    Ok(ExitCode::Success)
+}
+
+pub async fn purge(args: LedgerArgs) -> Result<ExitCode, Failure> {
+    let ledger = Ledger::open_maintenance(&args.ledger)
+        .await
+        .map_err(Failure::from)?;
+    let cleared = ledger.purge().await.map_err(Failure::from)?;
+    eprintln!(
+        "cleared {cleared} secrets that no device holds now from {}",
+        ledger.path()
+    );
+    ledger.close().await;
     Ok(ExitCode::Success)
 }

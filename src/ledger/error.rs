@@ -38,6 +38,10 @@ pub enum LedgerError {
     /// `message`: what went wrong in the operator's words, then the database's own.
     #[error("ledger {path}: {message}")]
     Database { path: String, message: String },
+    /// Sealed secrets: recipients that do not match, a plain ledger that needs `ledger seal`, a
+    /// missing or wrong identity. Nothing was sent or written.
+    #[error("ledger {path}: {reason}")]
+    Sealing { path: String, reason: String },
     /// `message`: the migrator's error with its causes, as `{:#}` printed them.
     #[error("ledger {path}: migrating the schema failed: {message}")]
     Migrate { path: String, message: String },
@@ -51,7 +55,8 @@ impl LedgerError {
             LedgerError::Busy { .. }
             | LedgerError::WrongInstance { .. }
             | LedgerError::Missing { .. }
-            | LedgerError::Unsupported { .. } => ExitCode::Usage,
+            | LedgerError::Unsupported { .. }
+            | LedgerError::Sealing { .. } => ExitCode::Usage,
             LedgerError::Io { .. } | LedgerError::Database { .. } | LedgerError::Migrate { .. } => {
                 ExitCode::Halted
             }

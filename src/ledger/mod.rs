@@ -17,6 +17,7 @@
 mod error;
 mod location;
 mod private_file;
+mod seal;
 mod sqlite;
 mod state;
 
@@ -25,6 +26,7 @@ use std::collections::BTreeMap;
 pub use error::LedgerError;
 pub use location::LedgerLocation;
 pub use private_file::create_private;
+pub use seal::{Opener, Sealer, is_sealed};
 pub use state::ItemState;
 
 use crate::input::Row;
@@ -95,6 +97,47 @@ pub struct ExportRow {
     pub previous_secret: Option<Secret>,
 }
 
+/// The operations that give or take a device's credential, and so move its current one.
+pub const CREDENTIAL_OPERATIONS: [&str; 4] = ["register", "fetch", "rotate", "revoke"];
+
+/// A device's current credential, as `export` writes it. `secret` may be sealed.
+#[derive(Debug, Clone)]
+pub struct CurrentRow {
+    /// Where the next page starts.
+    pub cursor: i64,
+    pub target: String,
+    pub state: String,
+    /// The operation that gave it.
+    pub operation: String,
+    pub key_id: String,
+    pub secret: Secret,
+}
+
+/// One outcome in a target's history (`show`). Never a secret.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct HistoryEvent {
+    pub operation: String,
+    pub state: String,
+    pub attempts: i64,
+    pub code: Option<String>,
+    pub message: Option<String>,
+    pub request_id: Option<String>,
+    /// The DeviceAccessKeyId the outcome obtained, if it obtained a credential.
+    #[serde(rename = "device_access_key_id")]
+    pub key_id: Option<String>,
+    pub file: Option<String>,
+    pub line: Option<i64>,
+    pub at_ms: i64,
+}
+
+/// What a device holds now (`show`): its state, the operation that set it, its key id.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeviceNow {
+    pub state: String,
+    pub operation: String,
+    pub device_access_key_id: Option<String>,
+}
+
 /// Errors of one code: how many, and one example.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ErrorGroup {
@@ -108,6 +151,8 @@ pub struct ErrorGroup {
 pub struct Ledger {
     store: Store,
     instance_id: String,
+    /// Set when the ledger seals its secrets: every secret is sealed before it is stored.
+    sealer: Option<Sealer>,
 }
 
 /// The backend holding an open ledger. Each variant brings its own SQL, migrations and way of
@@ -155,7 +200,9 @@ impl Ledger {
         let mut ledger = Ledger {
             store,
             instance_id: String::new(),
+            sealer: None,
         };
+        ledger.sealer = ledger.stored_sealer().await?;
         match on_store!(ledger, s => s.instance_id().await)? {
             Some(found) if found != instance_id => {
                 return Err(LedgerError::WrongInstance {
@@ -181,7 +228,32 @@ impl Ledger {
         let mut ledger = Ledger {
             store,
             instance_id: String::new(),
+            sealer: None,
         };
+        ledger.sealer = ledger.stored_sealer().await?;
+        ledger.instance_id = on_store!(ledger, s => s.instance_id().await)?.unwrap_or_default();
+        Ok(ledger)
+    }
+
+    /// Opens an existing ledger exclusively for maintenance (`ledger seal`, `ledger purge`):
+    /// no run may write while its secrets are rewritten.
+    pub async fn open_maintenance(location: &LedgerLocation) -> Result<Ledger, LedgerError> {
+        let store = match location {
+            LedgerLocation::SqliteFile(path) => {
+                if !path.exists() {
+                    return Err(LedgerError::Missing {
+                        path: path.display().to_string(),
+                    });
+                }
+                Store::Sqlite(SqliteStore::open_exclusive(path).await?)
+            }
+        };
+        let mut ledger = Ledger {
+            store,
+            instance_id: String::new(),
+            sealer: None,
+        };
+        ledger.sealer = ledger.stored_sealer().await?;
         ledger.instance_id = on_store!(ledger, s => s.instance_id().await)?.unwrap_or_default();
         Ok(ledger)
     }
@@ -193,6 +265,105 @@ impl Ledger {
 
     pub fn instance_id(&self) -> &str {
         &self.instance_id
+    }
+
+    fn sealing_error(&self, reason: impl Into<String>) -> LedgerError {
+        LedgerError::Sealing {
+            path: self.path().to_owned(),
+            reason: reason.into(),
+        }
+    }
+
+    async fn stored_sealer(&self) -> Result<Option<Sealer>, LedgerError> {
+        match on_store!(self, s => s.meta("recipients").await)? {
+            None => Ok(None),
+            Some(meta) => Sealer::from_meta(&meta)
+                .map(Some)
+                .map_err(|e| self.sealing_error(format!("its recipients are damaged: {e}"))),
+        }
+    }
+
+    /// Whether secrets are sealed in this ledger.
+    pub fn is_sealed(&self) -> bool {
+        self.sealer.is_some()
+    }
+
+    /// A run's `--encrypt-to`: a new ledger remembers the recipients and seals from now on; a
+    /// sealed one must be given the same ones (or none: it keeps its own); a plain ledger that
+    /// already holds secrets is sealed with `ledger seal` first, so no secret stays plain.
+    pub async fn require_recipients(&mut self, given: Option<Sealer>) -> Result<(), LedgerError> {
+        let Some(given) = given else { return Ok(()) };
+        match &self.sealer {
+            Some(own) if own.to_meta() == given.to_meta() => Ok(()),
+            Some(own) => Err(self.sealing_error(format!(
+                "it seals to {}, not to the recipients given; use the ledger's own (or omit --encrypt-to)",
+                own.to_meta()
+            ))),
+            None if on_store!(self, s => s.holds_secrets().await)? => Err(self.sealing_error(format!(
+                "it already holds plain secrets; seal them first: mqtt-provision ledger seal --ledger {} --encrypt-to RECIPIENT",
+                self.path()
+            ))),
+            None => {
+                on_store!(self, s => s.set_recipients(&given.to_meta()).await)?;
+                self.sealer = Some(given);
+                Ok(())
+            }
+        }
+    }
+
+    /// Stores outcomes in one transaction (500 rows per statement in SQLite): the items, each
+    /// finished outcome into the history, each device's credential into `devices`. Secrets are
+    /// sealed first when the ledger seals.
+    pub async fn record(
+        &self,
+        operation: &str,
+        outcomes: &[OutcomeRecord],
+    ) -> Result<(), LedgerError> {
+        let digests: Vec<Option<String>> = outcomes
+            .iter()
+            .map(|o| o.credential.as_ref().map(|c| seal::digest(&c.1)))
+            .collect();
+        let Some(sealer) = &self.sealer else {
+            return on_store!(self, s => s.record(operation, outcomes, &digests).await);
+        };
+        let seal = |secret: &Secret| sealer.seal(secret).map_err(|e| self.sealing_error(e));
+        let mut sealed = outcomes.to_vec();
+        for o in &mut sealed {
+            if let Some((_, secret)) = &mut o.credential {
+                *secret = seal(secret)?;
+            }
+            if let Some(previous) = &mut o.previous_secret {
+                *previous = seal(previous)?;
+            }
+        }
+        on_store!(self, s => s.record(operation, &sealed, &digests).await)
+    }
+
+    /// `ledger seal`: seals every plain secret to `sealer` and remembers it, atomically.
+    pub async fn seal_in_place(&mut self, sealer: Sealer) -> Result<u64, LedgerError> {
+        if let Some(own) = &self.sealer
+            && own.to_meta() != sealer.to_meta()
+        {
+            return Err(self.sealing_error(format!(
+                "it is sealed to {} already; its recipients do not change",
+                own.to_meta()
+            )));
+        }
+        let sealed = on_store!(self, s => s.seal_all(&sealer).await)?;
+        self.sealer = Some(sealer);
+        Ok(sealed)
+    }
+
+    /// A device's current state, the operation that set it and its key id.
+    pub async fn device(&self, target: &str) -> Result<Option<DeviceNow>, LedgerError> {
+        let found = on_store!(self, s => s.device(target).await)?;
+        Ok(
+            found.map(|(state, operation, device_access_key_id)| DeviceNow {
+                state,
+                operation,
+                device_access_key_id,
+            }),
+        )
     }
 
     delegate! {
@@ -210,8 +381,6 @@ impl Ledger {
         /// `maybe_applied` before any call is sent, so a kill -9 at any moment leaves a trace that
         /// makes the next run reconcile instead of calling again.
         fn claim(operation: &str, after_id: i64, limit: i64, marks_effect: bool) -> Vec<WorkItem>;
-        /// Stores outcomes in one transaction, in multi-row statements (500 rows each in SQLite).
-        fn record(operation: &str, outcomes: &[OutcomeRecord]) -> ();
         /// Targets per state, with invalid input rows counted as `invalid`.
         fn counts(operation: &str) -> BTreeMap<String, i64>;
         /// The operations this ledger has items for.
@@ -226,6 +395,14 @@ impl Ledger {
         fn rejects_page(operation: &str, after: i64, limit: i64) -> Vec<(i64, String, i64, String, String)>;
         /// Marks rows as exported; a rotated row's previous secret is dropped then.
         fn mark_exported(operation: &str, ids: &[i64]) -> ();
+        /// A page of devices that hold a credential now, in the given states, after `after`.
+        fn current_page(states: &[&str], after: i64, limit: i64) -> Vec<CurrentRow>;
+        /// The current credentials at these cursors were exported: drop what they replaced.
+        fn mark_current_exported(cursors: &[i64]) -> ();
+        /// A target's outcomes in the order they were recorded.
+        fn history(target: &str) -> Vec<HistoryEvent>;
+        /// `ledger purge`: clears every secret that is not a device's current credential.
+        fn purge() -> u64;
         /// Records the start of a run; returns its id.
         fn begin_run(operation: &str, command: &str) -> i64;
         /// Records how a run ended.

@@ -26,6 +26,8 @@ use crate::input::Row;
 use crate::secret::Secret;
 use crate::target::Target;
 
+mod registry;
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// Rows per multi-row statement: 500 rows × ≤ 10 binds stays far below SQLite's 32 766.
@@ -324,13 +326,14 @@ impl SqliteStore {
         &self,
         operation: &str,
         outcomes: &[OutcomeRecord],
+        digests: &[Option<String>],
     ) -> Result<(), LedgerError> {
         if outcomes.is_empty() {
             return Ok(());
         }
         let now = now_ms();
         let mut tx = self.pool.begin().await.map_err(|e| self.db(e))?;
-        for chunk in outcomes.chunks(BATCH) {
+        for (chunk, digests) in outcomes.chunks(BATCH).zip(digests.chunks(BATCH)) {
             let mut q = QueryBuilder::<Sqlite>::new(
                 "WITH v(target, state, attempts_added, maybe_applied, code, message, request_id, key_id, key_secret, previous_secret) AS (",
             );
@@ -361,6 +364,8 @@ impl SqliteStore {
             q.push_bind(operation);
             q.push(" AND items.target = v.target");
             q.build().execute(&mut *tx).await.map_err(|e| self.db(e))?;
+            self.record_registry(&mut tx, operation, chunk, digests, now)
+                .await?;
         }
         tx.commit().await.map_err(|e| self.db(e))?;
         Ok(())

@@ -1,6 +1,7 @@
-//! `export`: credentials (with the derived MQTT login) or failures, as CSV or a JSON array,
-//! streamed page by page from the ledger. Export files hold DeviceAccessKeySecrets, so they are
-//! created 0600; this is the only place besides the ledger that writes a device secret.
+//! `export`: credentials (with the derived MQTT login) or failures, as CSV, a JSON array or a
+//! spreadsheet, streamed page by page from the ledger. Export files hold
+//! DeviceAccessKeySecrets, so they are created 0600; this is the only place besides the ledger
+//! that writes a device secret, and the only one that opens a sealed one.
 
 use std::io::Write;
 use std::path::Path;
@@ -8,7 +9,9 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::api::mqtt;
-use crate::ledger::{Ledger, create_private};
+use crate::cli::ExportFormat;
+use crate::ledger::{Ledger, LedgerError, Opener, create_private};
+use crate::secret::Secret;
 
 /// Opens the export destination: a new 0600 file, or standard output.
 fn destination(out: Option<&Path>) -> std::io::Result<Box<dyn Write>> {
@@ -29,6 +32,63 @@ struct CredentialRow<'a> {
     mqtt_username: String,
     mqtt_password: String,
     state: &'a str,
+    /// The operation that gave the credential (exports of what devices hold now).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    operation: Option<&'a str>,
+}
+
+impl<'a> CredentialRow<'a> {
+    fn new(
+        instance_id: &'a str,
+        client_id: &'a str,
+        key_id: &'a str,
+        secret: &'a Secret,
+        state: &'a str,
+    ) -> Self {
+        CredentialRow {
+            client_id,
+            instance_id,
+            device_access_key_id: key_id,
+            device_access_key_secret: secret.expose(),
+            mqtt_username: mqtt::username(key_id, instance_id),
+            mqtt_password: mqtt::password(secret.expose(), client_id),
+            state,
+            operation: None,
+        }
+    }
+}
+
+/// Opens the ledger's secrets: sealed ones need the identity, and without it nothing is written.
+struct Unsealer(Option<Opener>);
+
+impl Unsealer {
+    fn new(ledger: &Ledger, identity: Option<&Path>) -> Result<Self, LedgerError> {
+        let sealing = |reason: String| LedgerError::Sealing {
+            path: ledger.path().to_owned(),
+            reason,
+        };
+        match identity {
+            Some(path) => Ok(Unsealer(Some(Opener::from_file(path).map_err(sealing)?))),
+            None if ledger.is_sealed() => Err(sealing(
+                "its secrets are sealed; pass --identity FILE (the age identity of one of its recipients)".into(),
+            )),
+            None => Ok(Unsealer(None)),
+        }
+    }
+
+    fn open(&self, ledger: &Ledger, secret: &Secret) -> Result<Secret, LedgerError> {
+        match &self.0 {
+            Some(opener) => opener.open(secret).map_err(|reason| LedgerError::Sealing {
+                path: ledger.path().to_owned(),
+                reason,
+            }),
+            None if crate::ledger::is_sealed(secret) => Err(LedgerError::Sealing {
+                path: ledger.path().to_owned(),
+                reason: "a secret is sealed; pass --identity FILE".into(),
+            }),
+            None => Ok(secret.clone()),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -42,63 +102,184 @@ struct FailureRow<'a> {
     request_id: &'a str,
 }
 
-/// Writes rows as CSV or as a JSON array, streaming.
-struct RowWriter {
-    csv: Option<csv::Writer<Box<dyn Write>>>,
-    json: Option<Box<dyn Write>>,
-    first: bool,
+/// Writes rows as CSV or as a JSON array, streaming, or as a spreadsheet of text cells.
+enum RowWriter {
+    Csv(Box<csv::Writer<Box<dyn Write>>>),
+    Json { out: Box<dyn Write>, first: bool },
+    Xlsx(Box<Spreadsheet>),
 }
 
 impl RowWriter {
-    fn new(out: Box<dyn Write>, json: bool) -> std::io::Result<Self> {
-        if json {
-            let mut out = out;
-            out.write_all(b"[")?;
-            Ok(RowWriter {
-                csv: None,
-                json: Some(out),
-                first: true,
-            })
-        } else {
-            Ok(RowWriter {
-                csv: Some(csv::Writer::from_writer(out)),
-                json: None,
-                first: true,
-            })
-        }
+    fn new(mut out: Box<dyn Write>, format: ExportFormat) -> std::io::Result<Self> {
+        Ok(match format {
+            ExportFormat::Csv => RowWriter::Csv(Box::new(csv::Writer::from_writer(out))),
+            ExportFormat::Json => {
+                out.write_all(b"[")?;
+                RowWriter::Json { out, first: true }
+            }
+            ExportFormat::Xlsx => RowWriter::Xlsx(Box::new(Spreadsheet::new(out))),
+        })
     }
 
     fn write<T: Serialize>(&mut self, row: &T) -> std::io::Result<()> {
-        if let Some(w) = &mut self.csv {
-            return w.serialize(row).map_err(std::io::Error::other);
+        match self {
+            RowWriter::Csv(w) => w.serialize(row).map_err(std::io::Error::other),
+            RowWriter::Json { out, first } => {
+                out.write_all(if *first { b"\n  " } else { b",\n  " })?;
+                *first = false;
+                serde_json::to_writer(&mut *out, row).map_err(std::io::Error::other)
+            }
+            RowWriter::Xlsx(sheet) => sheet.write(row),
         }
-        let out = self.json.as_mut().expect("one of the two");
-        out.write_all(if self.first { b"\n  " } else { b",\n  " })?;
-        self.first = false;
-        serde_json::to_writer(&mut *out, row).map_err(std::io::Error::other)
     }
 
     fn finish(self) -> std::io::Result<()> {
-        if let Some(mut w) = self.csv {
-            return w.flush();
+        match self {
+            RowWriter::Csv(mut w) => w.flush(),
+            RowWriter::Json { mut out, .. } => {
+                out.write_all(b"\n]\n")?;
+                out.flush()
+            }
+            RowWriter::Xlsx(sheet) => sheet.finish(),
         }
-        let mut out = self.json.expect("one of the two");
-        out.write_all(b"\n]\n")?;
-        out.flush()
+    }
+}
+
+/// An `.xlsx` workbook of one sheet whose every cell is a string (never a formula or a number),
+/// so a password beginning with `+` or `=` reaches the engineer intact.
+struct Spreadsheet {
+    out: Box<dyn Write>,
+    workbook: rust_xlsxwriter::Workbook,
+    next_row: u32,
+}
+
+impl Spreadsheet {
+    fn new(out: Box<dyn Write>) -> Self {
+        let mut workbook = rust_xlsxwriter::Workbook::new();
+        workbook.add_worksheet().set_name("credentials").ok();
+        Spreadsheet {
+            out,
+            workbook,
+            next_row: 0,
+        }
+    }
+
+    /// The row's fields as the CSV export names and writes them.
+    fn cells<T: Serialize>(row: &T) -> std::io::Result<(Vec<String>, Vec<String>)> {
+        let mut w = csv::Writer::from_writer(Vec::new());
+        w.serialize(row).map_err(std::io::Error::other)?;
+        let bytes = w
+            .into_inner()
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let mut r = csv::Reader::from_reader(&bytes[..]);
+        let header = r.headers().map_err(std::io::Error::other)?.clone();
+        let record = r
+            .records()
+            .next()
+            .transpose()
+            .map_err(std::io::Error::other)?;
+        let strings = |rec: &csv::StringRecord| rec.iter().map(str::to_owned).collect();
+        Ok((
+            strings(&header),
+            record.as_ref().map(strings).unwrap_or_default(),
+        ))
+    }
+
+    fn write<T: Serialize>(&mut self, row: &T) -> std::io::Result<()> {
+        const MAX_ROWS: u32 = 1_048_576;
+        if self.next_row + 1 >= MAX_ROWS {
+            return Err(std::io::Error::other(
+                "a spreadsheet holds at most 1,048,575 rows; export to CSV or JSON, or select fewer with --state",
+            ));
+        }
+        let (header, values) = Self::cells(row)?;
+        let text = rust_xlsxwriter::Format::new().set_num_format("@");
+        let sheet = self
+            .workbook
+            .worksheet_from_index(0)
+            .map_err(std::io::Error::other)?;
+        let mut put = |row: u32, cells: &[String]| -> std::io::Result<()> {
+            for (col, value) in cells.iter().enumerate() {
+                sheet
+                    .write_string_with_format(row, col as u16, value, &text)
+                    .map_err(std::io::Error::other)?;
+            }
+            Ok(())
+        };
+        if self.next_row == 0 {
+            put(0, &header)?;
+            self.next_row = 1;
+        }
+        put(self.next_row, &values)?;
+        self.next_row += 1;
+        Ok(())
+    }
+
+    fn finish(mut self) -> std::io::Result<()> {
+        let bytes = self
+            .workbook
+            .save_to_buffer()
+            .map_err(std::io::Error::other)?;
+        self.out.write_all(&bytes)?;
+        self.out.flush()
     }
 }
 
 const PAGE: i64 = 5000;
 
-/// Exports credentials of the given states; returns how many rows were written.
+/// Exports the credential every device of the ledger holds now (in the given states), with the
+/// operation that gave it; returns how many rows were written. The secrets those credentials
+/// replaced are dropped once the file is complete.
+pub async fn export_current(
+    ledger: &Ledger,
+    states: &[&str],
+    out: Option<&Path>,
+    format: ExportFormat,
+    identity: Option<&Path>,
+) -> anyhow::Result<u64> {
+    let unsealer = Unsealer::new(ledger, identity)?;
+    let mut page = ledger.current_page(states, 0, PAGE).await?;
+    // The first secret is opened before the file is created: a wrong identity writes nothing.
+    if let Some(first) = page.first() {
+        unsealer.open(ledger, &first.secret)?;
+    }
+    let mut w = RowWriter::new(destination(out)?, format)?;
+    let (mut n, mut exported) = (0u64, Vec::new());
+    while let Some(last) = page.last() {
+        let cursor = last.cursor;
+        for r in &page {
+            let secret = unsealer.open(ledger, &r.secret)?;
+            let mut row = CredentialRow::new(
+                ledger.instance_id(),
+                &r.target,
+                &r.key_id,
+                &secret,
+                &r.state,
+            );
+            row.operation = Some(&r.operation);
+            w.write(&row)?;
+            exported.push(r.cursor);
+            n += 1;
+        }
+        page = ledger.current_page(states, cursor, PAGE).await?;
+    }
+    w.finish()?;
+    ledger.mark_current_exported(&exported).await?;
+    Ok(n)
+}
+
+/// Exports one operation's rows of the given states, as recorded; returns how many rows were
+/// written.
 pub async fn export_credentials(
     ledger: &Ledger,
     operation: &str,
     states: &[&str],
     out: Option<&Path>,
-    json: bool,
+    format: ExportFormat,
+    identity: Option<&Path>,
 ) -> anyhow::Result<u64> {
-    let mut w = RowWriter::new(destination(out)?, json)?;
+    let unsealer = Unsealer::new(ledger, identity)?;
+    let mut w = RowWriter::new(destination(out)?, format)?;
     let (mut cursor, mut n) = (0i64, 0u64);
     let mut exported = Vec::new();
     loop {
@@ -109,16 +290,11 @@ pub async fn export_credentials(
             let (Some(key_id), Some(secret)) = (&r.key_id, &r.secret) else {
                 continue;
             };
+            let secret = unsealer.open(ledger, secret)?;
             exported.push(r.id);
-            w.write(&CredentialRow {
-                client_id: &r.target,
-                instance_id: ledger.instance_id(),
-                device_access_key_id: key_id,
-                device_access_key_secret: secret.expose(),
-                mqtt_username: mqtt::username(key_id, ledger.instance_id()),
-                mqtt_password: mqtt::password(secret.expose(), &r.target),
-                state: &r.state,
-            })?;
+            let row =
+                CredentialRow::new(ledger.instance_id(), &r.target, key_id, &secret, &r.state);
+            w.write(&row)?;
             n += 1;
         }
     }
@@ -133,9 +309,9 @@ pub async fn export_failures(
     ledger: &Ledger,
     operation: &str,
     out: Option<&Path>,
-    json: bool,
+    format: ExportFormat,
 ) -> anyhow::Result<u64> {
-    let mut w = RowWriter::new(destination(out)?, json)?;
+    let mut w = RowWriter::new(destination(out)?, format)?;
     let (mut cursor, mut n) = (0i64, 0u64);
     loop {
         let page = ledger.rejects_page(operation, cursor, PAGE).await?;

@@ -59,14 +59,22 @@ pub fn summary(
             if pending > 0 {
                 out.push_str(&format!("  {pending} still pending: rerun the same command to finish them:\n    {resume}\n"));
             } else if failed > 0 {
-                out.push_str(&format!("  finished with {failed} invalid or failed: `mqtt-provision export --failures --ledger {}` lists them; fix and rerun\n", ledger.path()));
+                let selection = match operation.name() {
+                    "register" => String::new(),
+                    other => format!(" --operation {other}"),
+                };
+                out.push_str(&format!("  finished with {failed} invalid or failed: `mqtt-provision export --failures{selection} --ledger {}` lists them; fix and rerun\n", ledger.path()));
             } else if status.total() == 0 {
                 out.push_str("  nothing to do: no valid rows\n");
             } else {
+                let not_found = status.count(ItemState::NotFound);
                 out.push_str(&if operation.leaves_credentials() {
+                    let holding = match not_found {
+                        0 => "every valid target holds a credential".to_owned(),
+                        n => format!("{n} not found by the service (they hold no credential); the others hold one"),
+                    };
                     format!(
-                        "  done: every valid target holds a credential; `mqtt-provision export --operation {} --ledger {} --out credentials.csv`\n",
-                        operation.name(),
+                        "  done: {holding}; `mqtt-provision export --ledger {} --out credentials.csv` writes what every device holds now\n",
                         ledger.path()
                     )
                 } else {
