@@ -99,8 +99,12 @@ async fn an_old_ledger_exports_what_the_old_binary_exported() {
         interrupt: tokio_util::sync::CancellationToken::new(),
         command_line: "mqtt-provision export (test)".into(),
     };
+    // The old binary's `export` was one operation's rows: today's `--operation register`.
     for (extra, expected) in [
-        (&[][..], "ledger-824cb4e.export.csv"),
+        (
+            &["--operation", "register"][..],
+            "ledger-824cb4e.export.csv",
+        ),
         (&["--failures"][..], "ledger-824cb4e.failures.csv"),
     ] {
         let out = dir.path().join(expected);
@@ -113,6 +117,43 @@ async fn an_old_ledger_exports_what_the_old_binary_exported() {
             "{args:?}"
         );
     }
+}
+
+#[tokio::test]
+async fn an_old_ledgers_devices_hold_what_it_registered() {
+    // Migrating builds each device's current credential from its rows: the default export is
+    // the old export, each row naming the operation that gave it.
+    let dir = tempfile::tempdir().unwrap();
+    let path = old_ledger(dir.path());
+    let out = dir.path().join("current.csv");
+    let context = mqtt_provision::run::RunContext {
+        env: Box::new(|_| None),
+        home: None,
+        stderr_is_terminal: false,
+        stdin_is_terminal: false,
+        interrupt: tokio_util::sync::CancellationToken::new(),
+        command_line: "mqtt-provision export (test)".into(),
+    };
+    let args = [
+        "export",
+        "--ledger",
+        path.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    assert_eq!(run_cli(&args, &context).await, 0);
+    let old = std::fs::read_to_string(data("ledger-824cb4e.export.csv")).unwrap();
+    let mut lines = old.lines();
+    let mut expected = format!("{},operation\n", lines.next().unwrap());
+    for line in lines {
+        expected.push_str(&format!("{line},register\n"));
+    }
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), expected);
+    assert_eq!(
+        expected.lines().count(),
+        21,
+        "the fixture's 20 devices and a header"
+    );
 }
 
 #[tokio::test]
@@ -147,4 +188,73 @@ async fn an_old_ledger_resumes_without_sending_anything_and_keeps_its_instance()
         "{e}"
     );
     sim.stop().await;
+}
+
+#[tokio::test]
+async fn a_ledger_of_the_previous_schema_with_rotations_and_revocations_migrates_to_what_the_service_holds()
+ {
+    // Made by the binary of main at 0c4ed89 against its simulator: register 12 devices, rotate
+    // unit-000..002 (not exported since, so their replaced secrets are still kept), revoke
+    // unit-003..004; the service's registry was dumped beside it.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("previous.sqlite");
+    std::fs::copy(data("ledger-0c4ed89.sqlite"), &path).unwrap();
+    let out = dir.path().join("current.csv");
+    let context = mqtt_provision::run::RunContext {
+        env: Box::new(|_| None),
+        home: None,
+        stderr_is_terminal: false,
+        stdin_is_terminal: false,
+        interrupt: tokio_util::sync::CancellationToken::new(),
+        command_line: "mqtt-provision export (test)".into(),
+    };
+    let args = [
+        "export",
+        "--ledger",
+        path.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    assert_eq!(run_cli(&args, &context).await, 0);
+    let pick = |text: &str| {
+        credentials_from_csv(
+            text,
+            "client_id",
+            "device_access_key_id",
+            "device_access_key_secret",
+        )
+    };
+    let exported = pick(&std::fs::read_to_string(&out).unwrap());
+    let service = pick(&std::fs::read_to_string(data("ledger-0c4ed89.service.csv")).unwrap());
+    assert_eq!(service.len(), 10);
+    assert_eq!(
+        exported, service,
+        "the migrated ledger exports what the service holds"
+    );
+
+    let ledger = Ledger::open_existing(&LedgerLocation::SqliteFile(path.clone()))
+        .await
+        .unwrap();
+    let ops = |events: Vec<mqtt_provision::ledger::HistoryEvent>| -> Vec<(String, String)> {
+        events.into_iter().map(|e| (e.operation, e.state)).collect()
+    };
+    let pair = |a: &str, b: &str| (a.to_owned(), b.to_owned());
+    assert_eq!(
+        ops(ledger.history("GID_factory@@@unit-001").await.unwrap()),
+        [pair("register", "registered"), pair("rotate", "rotated")]
+    );
+    assert_eq!(
+        ops(ledger.history("GID_factory@@@unit-004").await.unwrap()),
+        [pair("register", "registered"), pair("revoke", "revoked")]
+    );
+    let now = ledger
+        .device("GID_factory@@@unit-004")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (now.state.as_str(), now.device_access_key_id),
+        ("revoked", None)
+    );
+    ledger.close().await;
 }
