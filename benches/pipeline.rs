@@ -1,6 +1,7 @@
 //! `cargo bench --bench pipeline [SCENARIO...]`: the pipeline against the simulator, each as its
 //! own process (so the worker's CPU and memory are measured apart from the server's), printing
-//! one Markdown row per scenario. Scenarios: pace, two-ips, shared-account, ceiling, scale, naive.
+//! one Markdown row per scenario. Scenarios: pace, two-ips, shared-account, ceiling, sealed, scale,
+//! naive.
 //! `BENCH_DEVICES=N` shrinks the device counts for a quick look.
 
 use std::path::{Path, PathBuf};
@@ -283,6 +284,55 @@ fn ceiling() {
     simulator_capacity();
 }
 
+/// The cost of sealing: the ceiling scenario with a plain ledger and with one sealed to an age
+/// recipient, alternated in one run (plain, sealed, plain, sealed) so both see the same machine.
+fn sealed() {
+    let n = count(50_000);
+    let recipient = age::x25519::Identity::generate().to_public().to_string();
+    let mut rows = Vec::new();
+    for round in 0..2 {
+        for seal in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let csv = devices(dir.path(), n, "sealed");
+            let sim = start_sim(&UNLIMITED);
+            let mut extra = UNLIMITED.to_vec();
+            if seal {
+                extra.extend(["--encrypt-to", recipient.as_str()]);
+            }
+            let m = measure(worker(
+                &csv,
+                &dir.path().join("l.sqlite"),
+                &sim.endpoint(),
+                &extra,
+            ));
+            rows.push((
+                round,
+                seal,
+                m.code,
+                n as f64 / m.wall,
+                1e6 * m.cpu / n as f64,
+            ));
+        }
+    }
+    for (round, seal, code, rate, cpu_us) in &rows {
+        println!(
+            "| sealed | {n} devices, limits lifted, {} ledger (round {}), exit {code} | {rate:.0} devices/s | worker {cpu_us:.0} µs CPU per device | | | |",
+            if *seal { "sealed" } else { "plain" },
+            round + 1
+        );
+    }
+    let mean = |sealed: bool, pick: fn(&(usize, bool, i32, f64, f64)) -> f64| {
+        let v: Vec<f64> = rows.iter().filter(|r| r.1 == sealed).map(pick).collect();
+        v.iter().sum::<f64>() / v.len() as f64
+    };
+    println!(
+        "| sealed | ratio sealed / plain | rate {:.3} | CPU per device {:.2}× ({:+.0} µs) | | | |",
+        mean(true, |r| r.3) / mean(false, |r| r.3),
+        mean(true, |r| r.4) / mean(false, |r| r.4),
+        mean(true, |r| r.4) - mean(false, |r| r.4)
+    );
+}
+
 /// The simulator alone, signatures checked: a load generator of 128 concurrent V3-signed calls.
 fn simulator_capacity() {
     let sim = start_sim(&UNLIMITED);
@@ -364,6 +414,7 @@ fn main() {
         "two-ips",
         "shared-account",
         "ceiling",
+        "sealed",
         "scale",
         "naive",
     ];
@@ -413,6 +464,7 @@ fn main() {
             }
             "shared-account" => shared_account(),
             "ceiling" => ceiling(),
+            "sealed" => sealed(),
             "scale" => scale(),
             "naive" => paced("naive", count(30_000), &[], (300.0, 300.0), 0.995, true),
             other => eprintln!("unknown scenario {other}; choose from {all:?}"),
