@@ -2,7 +2,7 @@
 //! subject CN is the instance's registration code (GetRegisterCode), signed by the CA's key.
 //! rcgen builds it, so registering a CA needs no openssl incantations.
 
-use rcgen::{CertificateParams, DistinguishedName, DnType, Issuer, KeyPair};
+use rcgen::{CertificateParams, DistinguishedName, DnType, Issuer, KeyPair, PublicKeyData};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaError {
@@ -14,11 +14,28 @@ pub enum CaError {
     Certificate(rcgen::Error),
     #[error("cannot sign the verification certificate: {0}")]
     Sign(rcgen::Error),
+    #[error(
+        "the CA key is not the key of the CA certificate (their public keys differ): the console would reject the verification certificate; give the key the CA certificate was made with"
+    )]
+    KeyMismatch,
+}
+
+/// Whether `key` is the private key of the certificate's public key.
+fn key_matches(ca_cert_pem: &str, key: &KeyPair) -> Result<bool, CaError> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(ca_cert_pem.as_bytes())
+        .map_err(|_| CaError::Certificate(rcgen::Error::CouldNotParseCertificate))?;
+    let cert = pem
+        .parse_x509()
+        .map_err(|_| CaError::Certificate(rcgen::Error::CouldNotParseCertificate))?;
+    Ok(cert.public_key().subject_public_key.data.as_ref() == key.der_bytes())
 }
 
 /// Checks that the CA files can sign, before a call is spent.
 pub fn check_ca(ca_cert_pem: &str, ca_key_pem: &str) -> Result<(), CaError> {
     let key = KeyPair::from_pem(ca_key_pem).map_err(CaError::Key)?;
+    if !key_matches(ca_cert_pem, &key)? {
+        return Err(CaError::KeyMismatch);
+    }
     Issuer::from_ca_cert_pem(ca_cert_pem, key).map_err(CaError::Certificate)?;
     Ok(())
 }

@@ -152,8 +152,16 @@ pub struct RunArgs {
     pub instance_id: Option<String>,
     #[command(flatten)]
     pub input: InputArgs,
-    #[command(flatten)]
-    pub ledger: LedgerArgs,
+    /// The ledger: a SQLite file (created 0600; one per instance), or `sqlite:PATH`. Default
+    /// `provision.sqlite`, and `rehearsal.sqlite` under --simulate: a rehearsal's credentials
+    /// never land in the ledger of real ones.
+    #[arg(long, value_name = "PATH", value_parser = parse_ledger, env = "MQTT_PROVISION_LEDGER")]
+    pub ledger: Option<LedgerLocation>,
+    /// Run the operation anew for the targets of these files that an earlier run finished (a
+    /// second rotation, revoking again, switching certificates back). Without it a rerun
+    /// resumes: what was done is not sent again.
+    #[arg(long)]
+    pub again: bool,
     /// Ingest and validate, print the plan (counts, pace, estimated duration), send nothing.
     #[arg(long)]
     pub dry_run: bool,

@@ -79,6 +79,39 @@ pub async fn fresh_files(
     Ok(fresh)
 }
 
+/// `--again`: the finished targets of `files` go back to `pending`, so this run sends them anew
+/// (their earlier outcomes stay in the history). Returns how many.
+pub async fn again(
+    ledger: &Ledger,
+    operation: &str,
+    files: &[PathBuf],
+    spec: &InputSpec,
+) -> Result<u64, Failure> {
+    let mut total = 0;
+    for file in files {
+        let mut keys = Vec::with_capacity(BATCH);
+        let mut rows = CsvRows::open(file, spec).map_err(Failure::usage)?;
+        loop {
+            let next = rows.next().transpose().map_err(Failure::usage)?;
+            let end = next.is_none();
+            if let Some(input::Row::Valid { target, .. }) = next {
+                keys.push(target.key());
+            }
+            if keys.len() >= BATCH || (end && !keys.is_empty()) {
+                total += ledger
+                    .start_again(operation, &keys)
+                    .await
+                    .map_err(Failure::from)?;
+                keys.clear();
+            }
+            if end {
+                break;
+            }
+        }
+    }
+    Ok(total)
+}
+
 /// Stores validated files in batches, recording each file's fingerprint once it is all in.
 pub async fn ingest(
     ledger: &Ledger,

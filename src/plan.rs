@@ -62,6 +62,20 @@ impl AccessPlan {
                 None => Endpoint::for_region(&api.region).map_err(Failure::usage)?,
             })
         };
+        let mut seen = std::collections::HashSet::new();
+        if let Some(twice) = api.source_addresses.iter().find(|a| !seen.insert(**a)) {
+            return Err(Failure::usage(anyhow!(
+                "--source-address {twice} is given twice: each address sends its own 300 calls/s to the service, so counting one twice would get it blocked; give each address once"
+            )));
+        }
+        for address in &api.source_addresses {
+            // The host must own it: binding tells now, not as a bind error on every device.
+            std::net::TcpListener::bind((*address, 0)).map_err(|e| {
+                Failure::usage(anyhow!(
+                    "--source-address {address} cannot be used: this host has no such address ({e})"
+                ))
+            })?;
+        }
         let source_addresses = if api.source_addresses.is_empty() {
             vec![None]
         } else {
@@ -105,6 +119,8 @@ pub struct BulkPlan {
     pub confirm: Option<bool>,
     /// `--encrypt-to`: the recipients the ledger seals secrets to.
     pub seal_to: Option<Sealer>,
+    /// `--again`: finished targets of these files are sent anew.
+    pub again: bool,
 }
 
 impl BulkPlan {
@@ -120,6 +136,11 @@ impl BulkPlan {
             no_header: args.input.no_header,
             certificates: operation.targets_certificates(),
         };
+        if args.again && matches!(operation, Operation::Register { .. }) {
+            return Err(Failure::usage(anyhow!(
+                "register --again would ask for a second credential, which the service refuses (DeviceCredentialExsit); `rotate` gives a device a new secret"
+            )));
+        }
         if let Some(group) = &input.group_id {
             ClientId::compose(group, "x")
                 .map_err(|e| Failure::usage(anyhow!("--group-id '{group}': {e}")))?;
@@ -129,7 +150,13 @@ impl BulkPlan {
             access: AccessPlan::new(&args.instance_id, args.simulate, &args.api)?,
             files: args.files,
             input,
-            ledger: args.ledger.ledger,
+            ledger: args.ledger.unwrap_or_else(|| {
+                LedgerLocation::from(std::path::Path::new(if args.simulate {
+                    "rehearsal.sqlite"
+                } else {
+                    "provision.sqlite"
+                }))
+            }),
             dry_run: args.dry_run,
             pace: pace(&args.pace)?,
             concurrency: args.pace.concurrency,
@@ -138,6 +165,7 @@ impl BulkPlan {
             json: args.output.json,
             progress_interval: args.output.progress_interval,
             confirm,
+            again: args.again,
             seal_to: match args.encrypt_to.is_empty() {
                 true => None,
                 false => Some(

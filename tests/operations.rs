@@ -435,6 +435,15 @@ async fn ca_verification_certificate_carries_the_code_and_verifies_against_the_c
     bad.extend(base);
     assert_eq!(run_cli(&bad, &ctx).await, 2);
     assert_eq!(sim.stats().total_calls, calls);
+    // A real key, but not the one the CA certificate was made with: the console would reject
+    // what it signs, so it is refused too, and no file is written.
+    std::fs::write(&other, KeyPair::generate().unwrap().serialize_pem()).unwrap();
+    std::fs::remove_file(&out).unwrap();
+    let mut mismatched = bad.clone();
+    mismatched.extend(["--out", out.to_str().unwrap()]);
+    assert_eq!(run_cli(&mismatched, &ctx).await, 2);
+    assert_eq!(sim.stats().total_calls, calls);
+    assert!(!out.exists(), "no certificate was written");
     sim.stop().await;
 }
 

@@ -51,7 +51,15 @@ impl Endpoint {
         let with_scheme = if raw.contains("://") {
             raw.to_owned()
         } else {
-            format!("https://{raw}")
+            // No scheme: https, the SDKs' default; but a loopback host is the simulator, which
+            // speaks only http (`127.0.0.1:PORT`, as the SDKs are pointed at it).
+            let authority = raw.split(['/', '?', '#']).next().unwrap_or(raw);
+            let host = match authority.rsplit_once(':') {
+                Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+                _ => authority,
+            };
+            let scheme = if is_loopback(host) { "http" } else { "https" };
+            format!("{scheme}://{raw}")
         };
         let url = Url::parse(&with_scheme)
             .map_err(|e| EndpointError::BadUrl(raw.to_owned(), e.to_string()))?;
@@ -115,5 +123,21 @@ mod tests {
             Endpoint::parse("onsmqtt.example.com").unwrap().base,
             "https://onsmqtt.example.com/"
         );
+    }
+
+    #[test]
+    fn without_a_scheme_loopback_is_the_simulator_over_http() {
+        for (raw, base) in [
+            ("127.0.0.1:8080", "http://127.0.0.1:8080/"),
+            ("localhost:9", "http://localhost:9/"),
+            ("[::1]:7", "http://[::1]:7/"),
+            (
+                "onsmqtt.cn-shanghai.aliyuncs.com",
+                "https://onsmqtt.cn-shanghai.aliyuncs.com/",
+            ),
+            ("10.0.0.1:8443", "https://10.0.0.1:8443/"),
+        ] {
+            assert_eq!(Endpoint::parse(raw).unwrap().base, base, "{raw}");
+        }
     }
 }

@@ -35,6 +35,10 @@ pub async fn run(plan: BulkPlan, context: &RunContext) -> Result<ExitCode, Failu
         .await
         .map_err(Failure::from)?;
     ledger
+        .require_origin(plan.access.simulate)
+        .await
+        .map_err(Failure::from)?;
+    ledger
         .require_recipients(plan.seal_to.clone())
         .await
         .map_err(Failure::from)?;
@@ -45,6 +49,12 @@ pub async fn run(plan: BulkPlan, context: &RunContext) -> Result<ExitCode, Failu
         .map_err(Failure::from)?;
     let counts = ingest::ingest(&ledger, operation.name(), &fresh, &plan.input).await?;
     let events = Events { enabled: plan.json };
+    if plan.again && !plan.dry_run {
+        let again = ingest::again(&ledger, operation.name(), &plan.files, &plan.input).await?;
+        events.say(&format!(
+            "--again: {again} target(s) finished in an earlier run will be sent anew\n"
+        ));
+    }
     let unchanged = plan.files.len() - fresh.len();
     if unchanged > 0 {
         events.say(&format!(
@@ -169,6 +179,13 @@ pub async fn run(plan: BulkPlan, context: &RunContext) -> Result<ExitCode, Failu
         .map_err(Failure::from)?;
     let code = report::exit_code(outcome.halt.as_ref(), &after);
     let summary = report::summary(&ledger, operation, &after, &outcome, &context.command_line);
+    if pending == 0 && outcome.calls == 0 && outcome.halt.is_none() {
+        let done = ledger
+            .last_done(operation.name())
+            .await
+            .map_err(Failure::from)?;
+        events.say(&report::nothing_sent(operation, done));
+    }
     events.say(&summary);
     let resume = context.command_line.as_str();
     if let Some(halt) = &outcome.halt {

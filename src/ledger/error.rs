@@ -38,6 +38,9 @@ pub enum LedgerError {
     /// `message`: what went wrong in the operator's words, then the database's own.
     #[error("ledger {path}: {message}")]
     Database { path: String, message: String },
+    /// A rehearsal ledger under a real run, or a real one under a rehearsal.
+    #[error("{}", origin_message(path, *simulated))]
+    Origin { path: String, simulated: bool },
     /// Sealed secrets: recipients that do not match, a plain ledger that needs `ledger seal`, a
     /// missing or wrong identity. Nothing was sent or written.
     #[error("ledger {path}: {reason}")]
@@ -56,11 +59,24 @@ impl LedgerError {
             | LedgerError::WrongInstance { .. }
             | LedgerError::Missing { .. }
             | LedgerError::Unsupported { .. }
-            | LedgerError::Sealing { .. } => ExitCode::Usage,
+            | LedgerError::Sealing { .. }
+            | LedgerError::Origin { .. } => ExitCode::Usage,
             LedgerError::Io { .. } | LedgerError::Database { .. } | LedgerError::Migrate { .. } => {
                 ExitCode::Halted
             }
         }
+    }
+}
+
+fn origin_message(path: &str, simulated: bool) -> String {
+    if simulated {
+        format!(
+            "ledger {path} holds credentials from the built-in simulator (a rehearsal), not from the service; a real run needs a ledger of its own: give another --ledger (a rehearsal without --ledger uses rehearsal.sqlite)"
+        )
+    } else {
+        format!(
+            "ledger {path} holds credentials from the service; a rehearsal (--simulate) must not write into it: give another --ledger, or leave --ledger out to use rehearsal.sqlite"
+        )
     }
 }
 

@@ -304,10 +304,25 @@ impl Ledger {
                 self.path()
             ))),
             None => {
-                on_store!(self, s => s.set_recipients(&given.to_meta()).await)?;
+                on_store!(self, s => s.set_meta("recipients", &given.to_meta()).await)?;
                 self.sealer = Some(given);
                 Ok(())
             }
+        }
+    }
+
+    /// Where a run's credentials come from: the built-in simulator (`--simulate`) or a service.
+    /// A ledger remembers the first and refuses the other, so a rehearsal's credentials are
+    /// never handed out as real ones, and a rehearsal never writes into a real registry.
+    pub async fn require_origin(&self, simulated: bool) -> Result<(), LedgerError> {
+        let wanted = if simulated { "simulator" } else { "service" };
+        match on_store!(self, s => s.meta("origin").await)? {
+            None => on_store!(self, s => s.set_meta("origin", wanted).await),
+            Some(found) if found == wanted => Ok(()),
+            Some(found) => Err(LedgerError::Origin {
+                path: self.path().to_owned(),
+                simulated: found == "simulator",
+            }),
         }
     }
 
@@ -374,6 +389,10 @@ impl Ledger {
         fn was_ingested(operation: &str, sha256: &str, spec: &str) -> bool;
         /// Records that a file was fully ingested.
         fn mark_ingested(operation: &str, sha256: &str, spec: &str, path: &str, rows: u64) -> ();
+        /// `--again`: these targets, if an earlier run finished them, go back to `pending`.
+        fn start_again(operation: &str, targets: &[String]) -> u64;
+        /// When the newest finished target of the operation was finished.
+        fn last_done(operation: &str) -> Option<i64>;
         /// Puts `failed` targets back to `pending`, so rerunning a command retries them.
         fn retry_failed(operation: &str) -> u64;
         /// Claims up to `limit` pending targets after `after_id`, in id order. When the

@@ -19,14 +19,14 @@ use sqlx::{QueryBuilder, Row as _, Sqlite, SqlitePool};
 use super::error::with_causes;
 use super::private_file::create_private;
 use super::{
-    ErrorGroup, ExportRow, IngestCounts, ItemState, LedgerError, OutcomeRecord, RunRecord,
-    WorkItem, now_ms,
+    ErrorGroup, ExportRow, IngestCounts, ItemState, LedgerError, OutcomeRecord, WorkItem, now_ms,
 };
 use crate::input::Row;
 use crate::secret::Secret;
 use crate::target::Target;
 
 mod registry;
+mod runs;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -202,6 +202,20 @@ impl SqliteStore {
             let done = q.build().execute(&mut *tx).await.map_err(|e| self.db(e))?;
             counts.new_targets += done.rows_affected();
             counts.duplicates += chunk.len() as u64 - done.rows_affected();
+            // A line refused before that is valid now (the file was corrected): retired.
+            let mut q = QueryBuilder::<Sqlite>::new("DELETE FROM rejects WHERE operation = ");
+            q.push_bind(operation);
+            q.push(" AND (source_file, source_line) IN (VALUES ");
+            let mut sep = q.separated(", ");
+            for (_, file, line) in chunk {
+                sep.push("(");
+                sep.push_bind_unseparated(*file);
+                sep.push_unseparated(", ");
+                sep.push_bind_unseparated(*line as i64);
+                sep.push_unseparated(")");
+            }
+            q.push(")");
+            q.build().execute(&mut *tx).await.map_err(|e| self.db(e))?;
         }
         let invalid: Vec<(&str, u64, &str, &str)> = rows
             .iter()
@@ -529,54 +543,6 @@ impl SqliteStore {
                 .map_err(|e| self.db(e))?;
         }
         Ok(())
-    }
-
-    pub(super) async fn begin_run(
-        &self,
-        operation: &str,
-        command: &str,
-    ) -> Result<i64, LedgerError> {
-        sqlx::query_scalar(
-            "INSERT INTO runs (operation, command, started_at) VALUES ($1, $2, $3) RETURNING id",
-        )
-        .bind(operation)
-        .bind(command)
-        .bind(now_ms())
-        .fetch_one(&self.pool)
-        .await
-        .map_err(|e| self.db(e))
-    }
-
-    pub(super) async fn finish_run(
-        &self,
-        run: i64,
-        exit_code: i32,
-        summary: &str,
-    ) -> Result<(), LedgerError> {
-        sqlx::query("UPDATE runs SET finished_at = $1, exit_code = $2, summary = $3 WHERE id = $4")
-            .bind(now_ms())
-            .bind(i64::from(exit_code))
-            .bind(summary)
-            .bind(run)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| self.db(e))?;
-        Ok(())
-    }
-
-    pub(super) async fn last_run(&self) -> Result<Option<RunRecord>, LedgerError> {
-        let row = sqlx::query("SELECT operation, command, started_at, finished_at, exit_code, summary FROM runs ORDER BY id DESC LIMIT 1")
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(|e| self.db(e))?;
-        Ok(row.map(|r| RunRecord {
-            operation: r.get(0),
-            command: r.get(1),
-            started_ms: r.get(2),
-            finished_ms: r.get(3),
-            exit_code: r.get(4),
-            summary: r.get(5),
-        }))
     }
 
     pub(super) async fn close(self) {

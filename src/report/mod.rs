@@ -13,4 +13,4 @@ pub mod status;
 pub mod summary;
 
 pub use status::OperationStatus;
-pub use summary::{exit_code, halt_report, summary};
+pub use summary::{exit_code, halt_report, nothing_sent, summary};

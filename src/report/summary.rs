@@ -134,3 +134,17 @@ pub fn halt_report(halt: &Halt) -> HaltReport {
         action: action.to_owned(),
     }
 }
+
+/// A rerun with nothing left to do says so, and when the work was done: resume is the default,
+/// so a second `rotate` of the same devices must not look like a rotation.
+pub fn nothing_sent(operation: Operation, done_ms: Option<i64>) -> String {
+    let when = done_ms
+        .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
+        .map(|t| format!(" (the last on {t})"))
+        .unwrap_or_default();
+    let again = match operation {
+        Operation::Register { .. } => String::new(),
+        _ => format!("; `--again` runs {} anew for them", operation.name()),
+    };
+    format!("nothing sent: every target was done in an earlier run{when}{again}\n")
+}

@@ -224,9 +224,14 @@ impl SqliteStore {
         Ok(found.is_some())
     }
 
-    pub(in crate::ledger) async fn set_recipients(&self, meta: &str) -> Result<(), LedgerError> {
-        sqlx::query("INSERT INTO ledger_meta (key, value) VALUES ('recipients', $1) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
-            .bind(meta)
+    pub(in crate::ledger) async fn set_meta(
+        &self,
+        key: &str,
+        value: &str,
+    ) -> Result<(), LedgerError> {
+        sqlx::query("INSERT INTO ledger_meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
+            .bind(key)
+            .bind(value)
             .execute(&self.pool)
             .await
             .map_err(|e| self.db(e))?;

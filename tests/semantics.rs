@@ -1,0 +1,306 @@
+//! Run semantics a new user trips over: rehearsal and real ledgers kept apart, a repeated
+//! operation that says it did nothing and `--again` that does it anew, a corrected row that stops
+//! being invalid, source addresses and endpoints checked before the first call.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use mqtt_provision::sim::{SimConfig, SimHandle};
+
+const FAST: &[&str] = &["--account-qps", "3000", "--ip-qps", "3000"];
+const BIN: &str = env!("CARGO_BIN_EXE_mqtt-provision");
+
+fn fast() -> SimConfig {
+    SimConfig {
+        account_qps: 5000,
+        ip_qps: 5000,
+        ..SimConfig::default()
+    }
+}
+
+/// The binary with `args` in `dir`, the simulator's key in its environment, off the test's
+/// runtime thread (the in-process simulator keeps serving meanwhile); (exit code, stdout+stderr).
+async fn binary(dir: &Path, sim: Option<&SimHandle>, args: &[&str]) -> (i32, String) {
+    let mut c = std::process::Command::new(BIN);
+    c.args(args).current_dir(dir).env("HOME", dir);
+    if let Some(sim) = sim {
+        c.env("ALIBABA_CLOUD_ACCESS_KEY_ID", &sim.keys[0].id).env(
+            "ALIBABA_CLOUD_ACCESS_KEY_SECRET",
+            sim.keys[0].secret.expose(),
+        );
+    }
+    let out = tokio::task::spawn_blocking(move || c.output().unwrap())
+        .await
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[tokio::test]
+async fn a_rehearsal_ledger_and_a_real_one_never_mix() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = simulator(fast()).await;
+    let csv = devices_csv(dir.path(), "mix", 5);
+    let csv = csv.to_str().unwrap();
+    let endpoint = sim.endpoint();
+    let real = [
+        "register",
+        csv,
+        "--instance-id",
+        sim.instance_id.as_str(),
+        "--endpoint",
+        &endpoint,
+    ];
+    let rehearsal = [
+        "register",
+        csv,
+        "--simulate",
+        "--instance-id",
+        sim.instance_id.as_str(),
+    ];
+
+    // Without --ledger a rehearsal has a ledger of its own: the README's commands in either
+    // order are safe.
+    let (code, _) = binary(dir.path(), None, &rehearsal).await;
+    assert_eq!(code, 0);
+    assert!(dir.path().join("rehearsal.sqlite").exists());
+    assert!(!dir.path().join("provision.sqlite").exists());
+    let (code, _) = binary(dir.path(), Some(&sim), &real).await;
+    assert_eq!(code, 0, "the real run uses provision.sqlite");
+    let real_ledger = dir.path().join("provision.sqlite");
+    assert_eq!(
+        ledger_credentials(&real_ledger, &context_for(&sim)).await,
+        simulator_credentials(&sim),
+        "the real ledger holds the service's credentials, not the rehearsal's"
+    );
+
+    // Pointed at each other's ledger, both refuse before sending anything.
+    let calls = sim.stats().total_calls;
+    let (code, text) = binary(
+        dir.path(),
+        Some(&sim),
+        &[&real[..], &["--ledger", "rehearsal.sqlite"]].concat(),
+    )
+    .await;
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("built-in simulator"), "{text}");
+    let (code, text) = binary(
+        dir.path(),
+        None,
+        &[&rehearsal[..], &["--ledger", "provision.sqlite"]].concat(),
+    )
+    .await;
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("must not write into it"), "{text}");
+    assert_eq!(sim.stats().total_calls, calls);
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn a_repeated_rotation_says_it_sent_nothing_and_again_rotates_anew() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = simulator(fast()).await;
+    let ctx = context_for(&sim);
+    let csv = devices_csv(dir.path(), "again", 8);
+    let ledger = dir.path().join("l.sqlite");
+    assert_eq!(
+        Run::new(&["register"], &csv, &ledger, &sim)
+            .exit(FAST, &ctx)
+            .await,
+        0
+    );
+    let rotate = Run::new(&["rotate"], &csv, &ledger, &sim);
+    assert_eq!(rotate.exit(FAST, &ctx).await, 0);
+    let first = simulator_credentials(&sim);
+
+    let calls = sim.stats().total_calls;
+    let (code, text) = binary(dir.path(), Some(&sim), &rotate.args(FAST)).await;
+    assert_eq!(code, 0);
+    assert!(
+        text.contains("nothing sent: every target was done in an earlier run (the last on "),
+        "{text}"
+    );
+    assert!(text.contains("`--again` runs rotate anew"), "{text}");
+    assert_eq!(
+        sim.stats().total_calls,
+        calls,
+        "a rerun resumes: nothing was sent"
+    );
+    assert_eq!(simulator_credentials(&sim), first);
+
+    let (code, text) = binary(
+        dir.path(),
+        Some(&sim),
+        &rotate.args(&[FAST, &["--again"]].concat()),
+    )
+    .await;
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("--again: 8 target(s)"), "{text}");
+    let second = simulator_credentials(&sim);
+    for (device, (_, secret)) in &first {
+        assert_ne!(&second[device].1, secret, "{device} was rotated again");
+    }
+    assert_eq!(ledger_credentials(&ledger, &ctx).await, second);
+    let device = first.keys().next().unwrap();
+    let (_, shown) = binary(
+        dir.path(),
+        None,
+        &["show", device, "--ledger", ledger.to_str().unwrap()],
+    )
+    .await;
+    assert_eq!(
+        shown.matches(" rotated ").count(),
+        2,
+        "two rounds in the history: {shown}"
+    );
+
+    // register has nothing to do again: it is refused, not silently run.
+    let register = Run::new(&["register"], &csv, &ledger, &sim);
+    assert_eq!(register.exit(&[FAST, &["--again"]].concat(), &ctx).await, 2);
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn certificates_switched_back_and_forth_end_as_the_last_command_said() {
+    let dir = tempfile::tempdir().unwrap();
+    let seeds = dir.path().join("seeds.csv");
+    let input = dir.path().join("certs.csv");
+    let (mut seed, mut rows) = (
+        String::from("device_sn,ca_sn\n"),
+        String::from("device_sn,ca_sn\n"),
+    );
+    for i in 0..4 {
+        seed.push_str(&format!("SN-{i},CA-1\n"));
+        rows.push_str(&format!("SN-{i},CA-1\n"));
+    }
+    std::fs::write(&seeds, seed).unwrap();
+    std::fs::write(&input, rows).unwrap();
+    let sim = simulator(SimConfig {
+        device_certs: Some(seeds),
+        ..fast()
+    })
+    .await;
+    let ctx = context_for(&sim);
+    let ledger = dir.path().join("l.sqlite");
+    let inactivate = Run::new(&["cert", "inactivate"], &input, &ledger, &sim);
+    let activate = Run::new(&["cert", "activate"], &input, &ledger, &sim);
+    assert_eq!(inactivate.exit(FAST, &ctx).await, 0);
+    assert_eq!(activate.exit(FAST, &ctx).await, 0);
+    assert_eq!(
+        inactivate.exit(&[FAST, &["--again"]].concat(), &ctx).await,
+        0
+    );
+
+    let out = dir.path().join("list.csv");
+    let list = [
+        "cert",
+        "list",
+        "--instance-id",
+        sim.instance_id.as_str(),
+        "--endpoint",
+        &sim.endpoint(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    assert_eq!(run_cli(&list, &ctx).await, 0);
+    let text = std::fs::read_to_string(&out).unwrap();
+    let mut r = csv::Reader::from_reader(text.as_bytes());
+    let status = r
+        .headers()
+        .unwrap()
+        .iter()
+        .position(|h| h == "status")
+        .unwrap();
+    let statuses: Vec<String> = r.records().map(|x| x.unwrap()[status].to_owned()).collect();
+    assert_eq!(statuses.len(), 4);
+    assert!(
+        statuses.iter().all(|s| s == "inactive"),
+        "every certificate is inactive: {statuses:?}"
+    );
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn a_corrected_row_is_no_longer_invalid() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = simulator(fast()).await;
+    let ctx = context_for(&sim);
+    let csv = dir.path().join("d.csv");
+    std::fs::write(
+        &csv,
+        "client_id\nGID_test@@@ok-1\nGID_test@@@bad id\nGID_test@@@ok-2\n",
+    )
+    .unwrap();
+    let ledger = dir.path().join("l.sqlite");
+    let run = Run::new(&["register"], &csv, &ledger, &sim);
+    assert_eq!(run.exit(FAST, &ctx).await, 1, "one invalid row");
+    // The engineer fixes line 3 and reruns the same command.
+    std::fs::write(
+        &csv,
+        "client_id\nGID_test@@@ok-1\nGID_test@@@bad-id\nGID_test@@@ok-2\n",
+    )
+    .unwrap();
+    assert_eq!(
+        run.exit(FAST, &ctx).await,
+        0,
+        "the fixed file finishes clean"
+    );
+    assert_eq!(simulator_credentials(&sim).len(), 3);
+    let (_, failures) = binary(
+        dir.path(),
+        None,
+        &["export", "--failures", "--ledger", ledger.to_str().unwrap()],
+    )
+    .await;
+    assert!(
+        !failures.contains("bad id"),
+        "the old rejection is retired: {failures}"
+    );
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn source_addresses_and_endpoints_are_checked_before_the_first_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = simulator(fast()).await;
+    let ctx = context_for(&sim);
+    let csv = devices_csv(dir.path(), "src", 3);
+    let ledger = dir.path().join("l.sqlite");
+    let run = Run::new(&["register"], &csv, &ledger, &sim);
+    for (extra, says) in [
+        (
+            &[
+                "--source-address",
+                "127.0.0.2",
+                "--source-address",
+                "127.0.0.2",
+            ][..],
+            "given twice",
+        ),
+        (&["--source-address", "192.0.2.77"][..], "no such address"),
+        (
+            &["--source-address", "192.0.2.77", "--dry-run"][..],
+            "no such address",
+        ),
+    ] {
+        let (code, text) = binary(dir.path(), Some(&sim), &run.args(&[FAST, extra].concat())).await;
+        assert_eq!(code, 2, "{extra:?}: {text}");
+        assert!(text.contains(says), "{extra:?}: {text}");
+    }
+    assert_eq!(sim.stats().total_calls, 0);
+    // The form the SDKs are given for the simulator: no scheme, a loopback host.
+    let bare = sim
+        .endpoint()
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let mut args = run.args(FAST);
+    let at = args.iter().position(|a| *a == "--endpoint").unwrap();
+    args[at + 1] = &bare;
+    assert_eq!(run_cli(&args, &ctx).await, 0, "--endpoint {bare}");
+    assert_eq!(simulator_credentials(&sim).len(), 3);
+    sim.stop().await;
+}
