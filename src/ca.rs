@@ -1,13 +1,13 @@
 //! The verification certificate of CA registration: the console asks for a certificate whose
 //! subject CN is the instance's registration code (GetRegisterCode), signed by the CA's key.
-//! rcgen builds it, so registering a CA needs no openssl incantations.
+//! It is built here (rcgen), so registering a CA needs no openssl incantations.
 
 use rcgen::{CertificateParams, DistinguishedName, DnType, Issuer, KeyPair, PublicKeyData};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaError {
     #[error(
-        "the CA key is not a PEM private key rcgen can use (PKCS#8 ECDSA P-256/P-384, Ed25519 or RSA): {0}"
+        "the CA key is not a PEM private key this tool can sign with (PKCS#8 ECDSA P-256/P-384, Ed25519 or RSA): {0}"
     )]
     Key(rcgen::Error),
     #[error("the CA certificate is not a PEM X.509 certificate: {0}")]

@@ -183,6 +183,12 @@ impl CsvRows {
                 && !spec.certificates
             {
                 ", or compose ClientIds from 'device_id' with --group-id GID_xxx".to_owned()
+            } else if !spec.certificates
+                && names
+                    .iter()
+                    .any(|n| crate::client_id::ClientId::parse(n).is_ok())
+            {
+                "; but line 1 holds a ClientId, not column names: a file without a header row needs --no-header".to_owned()
             } else {
                 String::new()
             };

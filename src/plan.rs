@@ -136,6 +136,11 @@ impl BulkPlan {
             no_header: args.input.no_header,
             certificates: operation.targets_certificates(),
         };
+        if args.files.iter().any(|f| f.as_os_str() == "-") {
+            return Err(Failure::usage(anyhow!(
+                "`-` (standard input) is not supported: a file is validated whole before anything is stored and fingerprinted so a rerun resumes it; save the input to a file and give its path"
+            )));
+        }
         if args.again && matches!(operation, Operation::Register { .. }) {
             return Err(Failure::usage(anyhow!(
                 "register --again would ask for a second credential, which the service refuses (DeviceCredentialExsit); `rotate` gives a device a new secret"

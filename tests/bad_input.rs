@@ -117,7 +117,10 @@ fn wrong_or_missing_header_and_missing_column() {
         "wrong-header.csv",
         &["line 1", "no 'client_id' column", "'clientid'"],
     );
-    whole_file_error("missing-header.csv", &["line 1", "no 'client_id' column"]);
+    whole_file_error(
+        "missing-header.csv",
+        &["line 1", "no 'client_id' column", "needs --no-header"],
+    );
     whole_file_error("missing-column.csv", &["line 1", "'device_sn', 'name'"]);
 }
 

@@ -304,3 +304,53 @@ async fn source_addresses_and_endpoints_are_checked_before_the_first_call() {
     assert_eq!(simulator_credentials(&sim).len(), 3);
     sim.stop().await;
 }
+
+#[tokio::test]
+async fn standard_input_is_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, text) = binary(dir.path(), None, &["register", "-", "--simulate"]).await;
+    assert_eq!(code, 2);
+    assert!(
+        text.contains("standard input") && text.contains("save the input to a file"),
+        "{text}"
+    );
+    assert!(!dir.path().join("rehearsal.sqlite").exists());
+}
+
+#[tokio::test]
+async fn the_dry_runs_estimate_counts_the_calls_of_each_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = devices_csv(dir.path(), "estimate", 2940);
+    let csv = csv.to_str().unwrap();
+    let plan = |command: &'static str| {
+        let dir = dir.path().to_owned();
+        let csv = csv.to_owned();
+        async move {
+            let ledger = format!("{command}.sqlite");
+            binary(
+                &dir,
+                None,
+                &[
+                    command,
+                    &csv,
+                    "--simulate",
+                    "--dry-run",
+                    "--ledger",
+                    &ledger,
+                ],
+            )
+            .await
+        }
+    };
+    let (code, register) = plan("register").await;
+    assert_eq!(code, 0, "{register}");
+    let (code, rotate) = plan("rotate").await;
+    assert_eq!(code, 0, "{rotate}");
+    let seconds = |text: &str| -> f64 {
+        let at = text.find("about ").expect("an estimate") + 6;
+        text[at..].split(' ').next().unwrap().parse().unwrap()
+    };
+    // One address: 294 calls/s. Register sends one call per device, rotate two.
+    assert_eq!(seconds(&register), 10.0, "{register}");
+    assert_eq!(seconds(&rotate), 20.0, "{rotate}");
+}

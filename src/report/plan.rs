@@ -15,12 +15,15 @@ pub fn render(
 ) -> String {
     let pending = status.count(ItemState::Pending);
     let rate = pace.target_rate(sources);
-    let extra = match operation {
+    let (extra, calls_per_target) = match operation {
         Operation::Register {
             check_existing: true,
-        } => ", plus one GetDeviceCredential per device (--check-existing)",
-        Operation::Rotate => ", two calls per device (Get, then Refresh)",
-        _ => "",
+        } => (
+            ", plus one GetDeviceCredential per device (--check-existing)",
+            2.0,
+        ),
+        Operation::Rotate => (", two calls per device (Get, then Refresh)", 2.0),
+        _ => ("", 1.0),
     };
     let mut out = String::from("dry run: nothing sent\n");
     out.push_str(&status.render());
@@ -29,7 +32,7 @@ pub fn render(
         operation.name(),
         pace.account_ceiling(),
         pace.ip_ceiling(),
-        pending as f64 / rate,
+        pending as f64 * calls_per_target / rate,
     ));
     out
 }

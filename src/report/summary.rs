@@ -41,16 +41,15 @@ pub fn summary(
         ledger.path()
     );
     out.push_str(&status.render());
+    // A rate over less than a second says nothing (two calls are not "991.8 calls/s").
+    let rate = if secs >= 1.0 {
+        format!(" ({:.1} calls/s)", run.calls as f64 / secs)
+    } else {
+        String::new()
+    };
     out.push_str(&format!(
-        "  this run: {} calls in {:.1} s ({:.1} calls/s), {} throttled\n",
-        run.calls,
-        secs,
-        if secs > 0.0 {
-            run.calls as f64 / secs
-        } else {
-            0.0
-        },
-        run.throttled
+        "  this run: {} calls in {secs:.1} s{rate}, {} throttled\n",
+        run.calls, run.throttled
     ));
     match &run.halt {
         None => {
