@@ -25,7 +25,7 @@ pub struct Access {
 impl Access {
     pub async fn connect(plan: &AccessPlan, context: &RunContext) -> Result<Access, Failure> {
         let (simulator, endpoint, key) = if plan.simulate {
-            let (handle, endpoint, key) = rehearsal(&plan.instance_id).await?;
+            let (handle, endpoint, key) = rehearsal(plan).await?;
             (Some(handle), endpoint, key)
         } else {
             let endpoint = plan
@@ -76,10 +76,13 @@ fn cloud_key(plan: &AccessPlan, context: &RunContext) -> Result<AccessKey, Failu
     Ok(key)
 }
 
-/// An in-process simulator for `instance_id`, with a realistic latency, and its key.
-async fn rehearsal(instance_id: &str) -> Result<(sim::SimHandle, Endpoint, AccessKey), Failure> {
+/// An in-process simulator for the plan's instance, with a realistic latency, and its key.
+async fn rehearsal(plan: &AccessPlan) -> Result<(sim::SimHandle, Endpoint, AccessKey), Failure> {
+    let instance_id = &plan.instance_id;
     let config = SimConfig {
         instances: vec![instance_id.to_owned()],
+        journal: plan.rehearsal.journal.clone(),
+        device_certs: plan.rehearsal.certificates.clone(),
         latency: Latency::LogNormal {
             median: Duration::from_millis(80),
             sigma: 0.5,

@@ -38,6 +38,16 @@ pub struct AccessPlan {
     pub read_timeout: Duration,
     /// One client per entry; `None` is the host's default address.
     pub source_addresses: Vec<Option<IpAddr>>,
+    /// What the in-process simulator of a rehearsal starts from.
+    pub rehearsal: Rehearsal,
+}
+
+/// The state of a rehearsal's simulator: its registry journal (kept beside the ledger), and the
+/// device certificates it holds (a certificate rehearsal's input file).
+#[derive(Debug, Clone, Default)]
+pub struct Rehearsal {
+    pub journal: Option<PathBuf>,
+    pub certificates: Option<PathBuf>,
 }
 
 impl AccessPlan {
@@ -90,6 +100,7 @@ impl AccessPlan {
             connect_timeout: api.connect_timeout,
             read_timeout: api.read_timeout,
             source_addresses,
+            rehearsal: Rehearsal::default(),
         })
     }
 
@@ -150,18 +161,34 @@ impl BulkPlan {
             ClientId::compose(group, "x")
                 .map_err(|e| Failure::usage(anyhow!("--group-id '{group}': {e}")))?;
         }
+        let ledger = args.ledger.unwrap_or_else(|| {
+            LedgerLocation::from(std::path::Path::new(if args.simulate {
+                "rehearsal.sqlite"
+            } else {
+                "provision.sqlite"
+            }))
+        });
+        let mut access = AccessPlan::new(&args.instance_id, args.simulate, &args.api)?;
+        if args.simulate {
+            // The rehearsal's service keeps its registry beside the rehearsal's ledger, so
+            // `register --simulate` then `rotate --simulate` act on the same devices.
+            let LedgerLocation::SqliteFile(path) = &ledger;
+            let mut journal = path.as_os_str().to_owned();
+            journal.push(".simulator");
+            access.rehearsal = Rehearsal {
+                journal: Some(journal.into()),
+                certificates: operation
+                    .targets_certificates()
+                    .then(|| args.files.first().cloned())
+                    .flatten(),
+            };
+        }
         Ok(BulkPlan {
             operation,
-            access: AccessPlan::new(&args.instance_id, args.simulate, &args.api)?,
+            access,
             files: args.files,
             input,
-            ledger: args.ledger.unwrap_or_else(|| {
-                LedgerLocation::from(std::path::Path::new(if args.simulate {
-                    "rehearsal.sqlite"
-                } else {
-                    "provision.sqlite"
-                }))
-            }),
+            ledger,
             dry_run: args.dry_run,
             pace: pace(&args.pace)?,
             concurrency: args.pace.concurrency,

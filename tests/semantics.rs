@@ -354,3 +354,42 @@ async fn the_dry_runs_estimate_counts_the_calls_of_each_target() {
     assert_eq!(seconds(&register), 10.0, "{register}");
     assert_eq!(seconds(&rotate), 20.0, "{rotate}");
 }
+
+#[tokio::test]
+async fn every_operation_can_be_rehearsed_on_the_rehearsals_own_devices() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = devices_csv(dir.path(), "rehearse", 8);
+    let some = dir.path().join("some.csv");
+    let text = std::fs::read_to_string(&csv).unwrap();
+    std::fs::write(
+        &some,
+        text.lines().take(3).collect::<Vec<_>>().join("\n") + "\n",
+    )
+    .unwrap();
+    let (csv, some) = (csv.to_str().unwrap(), some.to_str().unwrap());
+    for (args, expect) in [
+        (&["register", csv, "--simulate"][..], "registered 8"),
+        (&["rotate", csv, "--simulate"][..], "rotated 8"),
+        (&["fetch", csv, "--simulate"][..], "fetched 8"),
+        (&["revoke", some, "--simulate", "--yes"][..], "revoked 2"),
+    ] {
+        let (code, text) = binary(dir.path(), None, args).await;
+        assert_eq!(code, 0, "{args:?}: {text}");
+        assert!(text.contains(expect), "{args:?}: {text}");
+    }
+    let (code, text) = binary(
+        dir.path(),
+        None,
+        &["export", "--ledger", "rehearsal.sqlite"],
+    )
+    .await;
+    assert_eq!(code, 0);
+    let states = text.lines().skip(1).filter(|l| l.contains("GID_")).count();
+    assert_eq!(states, 6, "8 rotated and fetched, 2 revoked: {text}");
+    use std::os::unix::fs::PermissionsExt;
+    let journal = dir.path().join("rehearsal.sqlite.simulator");
+    assert_eq!(
+        std::fs::metadata(&journal).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+}
