@@ -19,14 +19,16 @@ struct Run {
     _dir: tempfile::TempDir,
 }
 
-/// `register --dry-run`: ingests and validates, sends nothing, needs no credentials.
-fn dry_run(file: &Path) -> Run {
+/// `register --simulate`: ingests and validates, then registers the valid rows with the built-in
+/// simulator (a dry run would leave no ledger to inspect), needs no credentials.
+fn ingest(file: &Path) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let ledger = dir.path().join("l.sqlite");
     let out = Command::new(BIN)
         .args([
             "register",
-            "--dry-run",
+            "--simulate",
+            "--quiet",
             "--instance-id",
             "post-cn-bad01",
             "--ledger",
@@ -51,7 +53,7 @@ fn dry_run(file: &Path) -> Run {
 }
 
 fn whole_file_error(name: &str, needles: &[&str]) {
-    let run = dry_run(&fixture(name));
+    let run = ingest(&fixture(name));
     assert_eq!(run.code, 2, "{name}: {}", run.stderr);
     assert!(
         run.stderr.contains(name),
@@ -93,9 +95,9 @@ fn failures(run: &Run) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// Per-row outcome: `valid` devices pending, `invalid` rows with reasons found in the failures.
+/// Per-row outcome: `valid` devices registered, `invalid` rows with reasons found in the failures.
 fn per_row(name: &str, valid: i64, invalid: i64, reasons: &[&str]) {
-    let run = dry_run(&fixture(name));
+    let run = ingest(&fixture(name));
     assert_eq!(
         run.code,
         if invalid > 0 { 1 } else { 0 },
@@ -103,7 +105,7 @@ fn per_row(name: &str, valid: i64, invalid: i64, reasons: &[&str]) {
         run.stderr
     );
     let c = counts(&run);
-    assert_eq!(c["pending"].as_i64().unwrap_or(0), valid, "{name}: {c}");
+    assert_eq!(c["registered"].as_i64().unwrap_or(0), valid, "{name}: {c}");
     assert_eq!(c["invalid"].as_i64().unwrap_or(0), invalid, "{name}: {c}");
     let f = failures(&run);
     for r in reasons {
@@ -140,7 +142,7 @@ fn bom_crlf_and_quoted_fields_are_read_correctly() {
 #[test]
 fn invalid_utf8_and_binary_junk_are_whole_file_errors() {
     whole_file_error("invalid-utf8.csv", &["line 3", "not valid UTF-8"]);
-    let run = dry_run(&fixture("binary-junk.bin"));
+    let run = ingest(&fixture("binary-junk.bin"));
     assert_eq!(run.code, 2, "{}", run.stderr);
     assert!(run.stderr.contains("binary-junk.bin"), "{}", run.stderr);
 }
@@ -176,9 +178,9 @@ fn each_clientid_rule_is_a_per_row_reason() {
 
 #[test]
 fn duplicates_are_registered_once() {
-    let run = dry_run(&fixture("duplicates.csv"));
+    let run = ingest(&fixture("duplicates.csv"));
     assert_eq!(run.code, 0);
-    assert_eq!(counts(&run)["pending"], 2);
+    assert_eq!(counts(&run)["registered"], 2);
 }
 
 #[test]
@@ -189,9 +191,9 @@ fn a_10_mb_line_is_an_invalid_row_not_a_crash() {
     content.extend(std::iter::repeat_n(b'z', 10 * 1024 * 1024));
     content.extend(b"\nGID_test@@@ok-2\n");
     std::fs::write(&path, content).unwrap();
-    let run = dry_run(&path);
+    let run = ingest(&path);
     assert_eq!(run.code, 1, "{}", run.stderr);
-    assert_eq!(counts(&run)["pending"], 2);
+    assert_eq!(counts(&run)["registered"], 2);
     let f = failures(&run);
     assert!(
         f.contains("10485760 characters"),
@@ -207,10 +209,10 @@ fn a_10_mb_line_is_an_invalid_row_not_a_crash() {
 #[test]
 fn a_directory_and_a_missing_file() {
     let dir = tempfile::tempdir().unwrap();
-    let run = dry_run(dir.path());
+    let run = ingest(dir.path());
     assert_eq!(run.code, 2);
     assert!(run.stderr.contains("is a directory"), "{}", run.stderr);
-    let run = dry_run(&dir.path().join("nope.csv"));
+    let run = ingest(&dir.path().join("nope.csv"));
     assert_eq!(run.code, 2);
     assert!(
         run.stderr.contains("nope.csv") && run.stderr.contains("No such file"),

@@ -306,7 +306,10 @@ fn settings_come_from_the_environment_and_flags_win() {
     assert_eq!(start["ledger"], "env.sqlite");
     assert_eq!(start["pace"]["headroom"], 0.1);
     assert_eq!(start["pace"]["sources"], 2);
-    assert!(dir.path().join("env.sqlite").exists());
+    assert!(
+        !dir.path().join("env.sqlite").exists(),
+        "a dry run plans without creating the ledger it names"
+    );
 
     let flags = run(&mut dry(&[
         "--instance-id",

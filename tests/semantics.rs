@@ -353,6 +353,13 @@ async fn the_dry_runs_estimate_counts_the_calls_of_each_target() {
     // One address: 294 calls/s. Register sends one call per device, rotate two.
     assert_eq!(seconds(&register), 10.0, "{register}");
     assert_eq!(seconds(&rotate), 20.0, "{rotate}");
+    // A dry run changes nothing on disk: no ledger was created or bound to the instance.
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| !n.ends_with(".csv"))
+        .collect();
+    assert!(left.is_empty(), "the dry runs left {left:?}");
 }
 
 #[tokio::test]

@@ -12,7 +12,7 @@ use crate::access::Access;
 use crate::events::{Event, Events, Pace};
 use crate::exit::{ExitCode, Failure};
 use crate::ingest;
-use crate::ledger::{ItemState, Ledger};
+use crate::ledger::{ItemState, Ledger, LedgerLocation};
 use crate::pipeline;
 use crate::plan::BulkPlan;
 use crate::progress::{self, Counters};
@@ -31,7 +31,19 @@ pub async fn run(plan: BulkPlan, context: &RunContext) -> Result<ExitCode, Failu
         Some(Access::connect(&plan.access, context).await?)
     };
 
-    let mut ledger = Ledger::open(&plan.ledger, &plan.access.instance_id)
+    // A dry run changes nothing on disk: with no ledger yet, it plans in a throwaway one, so no
+    // ledger is created and bound to an instance that may be mistyped.
+    let scratch = if plan.dry_run && !plan.ledger.exists() {
+        Some(tempfile::tempdir().map_err(|e| Failure::halted(anyhow!(e)))?)
+    } else {
+        None
+    };
+    let location = match &scratch {
+        Some(dir) => LedgerLocation::from(dir.path().join("plan.sqlite")),
+        None => plan.ledger.clone(),
+    };
+    let shown_ledger = plan.ledger.display();
+    let mut ledger = Ledger::open(&location, &plan.access.instance_id)
         .await
         .map_err(Failure::from)?;
     ledger
@@ -83,7 +95,7 @@ pub async fn run(plan: BulkPlan, context: &RunContext) -> Result<ExitCode, Failu
         events.emit(&Event::Start {
             operation: operation.name(),
             instance_id: ledger.instance_id(),
-            ledger: ledger.path(),
+            ledger: &shown_ledger,
             targets: pending,
             dry_run: plan.dry_run,
             pace: Pace {
@@ -112,7 +124,7 @@ pub async fn run(plan: BulkPlan, context: &RunContext) -> Result<ExitCode, Failu
         events.emit(&Event::Summary {
             operation: operation.name(),
             instance_id: ledger.instance_id(),
-            ledger: ledger.path(),
+            ledger: &shown_ledger,
             counts: &before.counts,
             errors: &before.errors,
             elapsed_seconds: 0.0,
