@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::anyhow;
 
 use crate::api::credentials::{self, AccessKey};
+use crate::api::endpoint::DEFAULT_REGION;
 use crate::api::{ClientConfig, Endpoint, OnsMqttClient};
 use crate::exit::Failure;
 use crate::plan::AccessPlan;
@@ -28,10 +29,8 @@ impl Access {
             let (handle, endpoint, key) = rehearsal(plan).await?;
             (Some(handle), endpoint, key)
         } else {
-            let endpoint = plan
-                .endpoint
-                .clone()
-                .expect("a plan outside a rehearsal has an endpoint");
+            let endpoint = cloud_endpoint(plan, context)?;
+            tracing::info!("endpoint {}", endpoint.base);
             (None, endpoint, cloud_key(plan, context)?)
         };
         let mut config = ClientConfig::new(endpoint);
@@ -64,6 +63,22 @@ impl Access {
     }
 }
 
+/// The endpoint of real calls: `--endpoint`, else `--region`, else the region of the CLI profile
+/// the key comes from (as the aliyun CLI does), else the default region.
+pub fn cloud_endpoint(plan: &AccessPlan, context: &RunContext) -> Result<Endpoint, Failure> {
+    if let Some(endpoint) = &plan.endpoint {
+        return Ok(endpoint.clone());
+    }
+    let region = credentials::profile_region(
+        plan.profile.as_deref(),
+        &*context.env,
+        context.home.as_deref(),
+    )
+    .unwrap_or_else(|| DEFAULT_REGION.to_owned());
+    Endpoint::for_region(&region)
+        .map_err(|e| Failure::usage(anyhow!("the CLI profile's region_id: {e}")))
+}
+
 /// The AccessKey for real calls, from the credential chain.
 fn cloud_key(plan: &AccessPlan, context: &RunContext) -> Result<AccessKey, Failure> {
     let (key, source) = credentials::resolve(
@@ -72,7 +87,7 @@ fn cloud_key(plan: &AccessPlan, context: &RunContext) -> Result<AccessKey, Failu
         context.home.as_deref(),
     )
     .map_err(Failure::usage)?;
-    tracing::info!("credentials from {source:?}, access key id {}", key.id);
+    tracing::info!("credentials from {source}, access key id {}", key.id);
     Ok(key)
 }
 

@@ -290,9 +290,10 @@ pub struct LedgerArgs {
 
 #[derive(Debug, Args)]
 pub struct ApiArgs {
-    /// Region of the instance; gives https://onsmqtt.<region>.aliyuncs.com.
-    #[arg(long, default_value = "cn-hangzhou", env = "MQTT_PROVISION_REGION")]
-    pub region: String,
+    /// Region of the instance; gives https://onsmqtt.<region>.aliyuncs.com (default: the CLI
+    /// profile's region_id, as the aliyun CLI does, else cn-hangzhou).
+    #[arg(long, env = "MQTT_PROVISION_REGION")]
+    pub region: Option<String>,
     /// Endpoint URL, overriding --region (plain http only to a loopback host).
     #[arg(long, value_name = "URL", value_parser = parse_endpoint, env = "MQTT_PROVISION_ENDPOINT")]
     pub endpoint: Option<Endpoint>,

@@ -30,7 +30,8 @@ pub struct AccessPlan {
     pub instance_id: String,
     /// Rehearse against an in-process simulator instead of the cloud.
     pub simulate: bool,
-    /// The cloud endpoint (unused under `--simulate`).
+    /// The cloud endpoint given by `--endpoint` or `--region` (unused under `--simulate`; when
+    /// neither is given, the CLI profile's region or the default one).
     pub endpoint: Option<Endpoint>,
     pub signature: SignatureVersion,
     pub profile: Option<String>,
@@ -64,13 +65,13 @@ impl AccessPlan {
                 )));
             }
         };
-        let endpoint = if simulate {
-            None
-        } else {
-            Some(match &api.endpoint {
-                Some(endpoint) => endpoint.clone(),
-                None => Endpoint::for_region(&api.region).map_err(Failure::usage)?,
-            })
+        // Without --endpoint or --region the region comes from the CLI profile when the key is
+        // resolved (`access::cloud_endpoint`).
+        let endpoint = match (&api.endpoint, &api.region) {
+            _ if simulate => None,
+            (Some(endpoint), _) => Some(endpoint.clone()),
+            (None, Some(region)) => Some(Endpoint::for_region(region).map_err(Failure::usage)?),
+            (None, None) => None,
         };
         let mut seen = std::collections::HashSet::new();
         if let Some(twice) = api.source_addresses.iter().find(|a| !seen.insert(**a)) {

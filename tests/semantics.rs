@@ -353,6 +353,14 @@ async fn the_dry_runs_estimate_counts_the_calls_of_each_target() {
     // One address: 294 calls/s. Register sends one call per device, rotate two.
     assert_eq!(seconds(&register), 10.0, "{register}");
     assert_eq!(seconds(&rotate), 20.0, "{rotate}");
+    // The promise is about what is sent (the pacer's sliding-second ceiling, which its tests
+    // measure), not a per-second rate the service's own count could exceed by jitter.
+    assert!(
+        register.contains(
+            "sent at most 490 calls in any second per API (limit 500) and 294 per address (limit 300)"
+        ),
+        "{register}"
+    );
     // A dry run changes nothing on disk: no ledger was created or bound to the instance.
     let left: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
@@ -399,4 +407,138 @@ async fn every_operation_can_be_rehearsed_on_the_rehearsals_own_devices() {
         std::fs::metadata(&journal).unwrap().permissions().mode() & 0o777,
         0o600
     );
+}
+
+#[tokio::test]
+async fn the_region_comes_from_the_cli_profile_and_the_endpoint_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join(".aliyun")).unwrap();
+    std::fs::write(
+        dir.path().join(".aliyun/config.json"),
+        r#"{"current":"line","profiles":[{"name":"line","mode":"AK","access_key_id":"LTAI5tExample","access_key_secret":"not-used","region_id":"cn-shanghai"}]}"#,
+    )
+    .unwrap();
+    let csv = devices_csv(dir.path(), "region", 3);
+    let csv = csv.to_str().unwrap();
+    let plan = |extra: &'static [&'static str]| {
+        let dir = dir.path().to_owned();
+        let mut args = vec![
+            "register",
+            csv,
+            "--instance-id",
+            "post-cn-region01",
+            "--dry-run",
+        ];
+        args.extend_from_slice(extra);
+        let args: Vec<String> = args.into_iter().map(str::to_owned).collect();
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            binary(&dir, None, &args).await
+        }
+    };
+    let (code, text) = plan(&[]).await;
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("to https://onsmqtt.cn-shanghai.aliyuncs.com/"),
+        "the profile's region_id: {text}"
+    );
+    let (code, text) = plan(&["--region", "cn-beijing"]).await;
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("to https://onsmqtt.cn-beijing.aliyuncs.com/"),
+        "--region wins: {text}"
+    );
+    // A refused connection names where it tried to go.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let ledger = dir.path().join("closed.sqlite");
+    let (code, text) = binary(
+        dir.path(),
+        None,
+        &[
+            "register",
+            csv,
+            "--instance-id",
+            "post-cn-region01",
+            "--endpoint",
+            &endpoint,
+            "--ledger",
+            ledger.to_str().unwrap(),
+            "--max-attempts",
+            "1",
+        ],
+    )
+    .await;
+    assert_ne!(code, 0, "{text}");
+    assert!(
+        text.contains(&format!("cannot connect to http://127.0.0.1:{port}/")),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn errors_of_one_code_show_their_total() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("bad.csv");
+    std::fs::write(
+        &csv,
+        "client_id\nGID_a@@@ok-1\nbad id one\nbad id two\nGID_a@@@ok-2\n@@@\n",
+    )
+    .unwrap();
+    let (code, text) = binary(
+        dir.path(),
+        None,
+        &["register", csv.to_str().unwrap(), "--simulate", "--dry-run"],
+    )
+    .await;
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("InvalidInput ×5 in all, 3 kinds:"), "{text}");
+    assert!(
+        text.contains("      ×2, e.g. "),
+        "each kind under its total: {text}"
+    );
+}
+
+#[tokio::test]
+async fn a_closed_pipe_ends_export_quietly_and_a_bad_path_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = simulator(fast()).await;
+    let ctx = context_for(&sim);
+    let csv = devices_csv(dir.path(), "pipe", 1500);
+    let ledger = dir.path().join("l.sqlite");
+    let run = Run::new(&["register"], &csv, &ledger, &sim);
+    assert_eq!(run_cli(&run.args(FAST), &ctx).await, 0);
+    sim.stop().await;
+    let ledger_arg = ledger.to_str().unwrap().to_owned();
+
+    // `export | head -1`: 1,500 rows are far more than a pipe holds, so the writer meets a
+    // closed pipe.
+    let mut child = std::process::Command::new(BIN)
+        .args(["export", "--ledger", &ledger_arg])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut first).unwrap();
+    assert!(first.starts_with("client_id,"), "{first}");
+    drop(stdout);
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.trim().is_empty(), "quiet: {stderr}");
+
+    let (code, text) = binary(
+        dir.path(),
+        None,
+        &["export", "--ledger", &ledger_arg, "--out", "nodir/x.csv"],
+    )
+    .await;
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("nodir/x.csv"), "{text}");
 }

@@ -229,7 +229,17 @@ impl OnsMqttClient {
             builder = builder.header(*name, value);
         }
         let started = Instant::now();
-        let response = builder.send().await.map_err(transport_error)?;
+        let response = builder.send().await.map_err(|e| {
+            let mut error = transport_error(e);
+            // "dns error" or "connection refused" alone does not say where to: name the host.
+            if error.code == "Transport.Connect" {
+                error.message = format!(
+                    "cannot connect to {}: {}",
+                    self.config.endpoint.base, error.message
+                );
+            }
+            error
+        })?;
         let status = response.status().as_u16();
         let header = |name: &str| {
             response

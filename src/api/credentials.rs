@@ -36,6 +36,17 @@ pub enum CredentialSource {
     CliProfile { path: PathBuf, profile: String },
 }
 
+impl std::fmt::Display for CredentialSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CredentialSource::Environment => write!(f, "the environment ({ENV_ID})"),
+            CredentialSource::CliProfile { path, profile } => {
+                write!(f, "profile '{profile}' of {}", path.display())
+            }
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialError {
     #[error(
@@ -43,6 +54,11 @@ pub enum CredentialError {
          or configure a profile in {0} with `aliyun configure`"
     )]
     Missing(String),
+    #[error("{set} is set but {missing} is not: set both, or unset {set} to use a CLI profile")]
+    HalfSet {
+        set: &'static str,
+        missing: &'static str,
+    },
     #[error("cannot read {path}: {reason}")]
     Unreadable { path: String, reason: String },
     #[error("profile '{profile}' not found in {path}")]
@@ -83,6 +99,8 @@ struct CliProfile {
     access_key_secret: Secret,
     #[serde(default)]
     sts_token: Secret,
+    #[serde(default)]
+    region_id: String,
 }
 
 /// Resolves the key. `env` reads a variable (injected so tests do not touch the process
@@ -103,41 +121,27 @@ pub fn resolve(
         };
         return Ok((key, CredentialSource::Environment));
     }
-    let path = home.map(|h| h.join(".aliyun").join("config.json"));
-    let shown = path.as_ref().map_or_else(
-        || "~/.aliyun/config.json".to_owned(),
-        |p| p.display().to_string(),
-    );
-    let Some(path) = path.filter(|p| p.exists()) else {
-        return Err(CredentialError::Missing(shown));
-    };
-    let text = std::fs::read_to_string(&path).map_err(|e| CredentialError::Unreadable {
-        path: shown.clone(),
-        reason: e.to_string(),
-    })?;
-    let config: CliConfig =
-        serde_json::from_str(&text).map_err(|e| CredentialError::Unreadable {
-            path: shown.clone(),
-            reason: format!("not valid JSON: {e}"),
-        })?;
-    let wanted = profile_flag
-        .map(str::to_owned)
-        .or_else(|| var(ENV_PROFILE))
-        .unwrap_or_else(|| {
-            if config.current.is_empty() {
-                "default".into()
-            } else {
-                config.current.clone()
+    // One half of the pair alone is a mistake, not a request for the profile (as the official
+    // chain's environment source says too).
+    if profile_flag.is_none() {
+        match (var(ENV_ID), var(ENV_SECRET)) {
+            (Some(_), None) => {
+                return Err(CredentialError::HalfSet {
+                    set: ENV_ID,
+                    missing: ENV_SECRET,
+                });
             }
-        });
-    let profile = config
-        .profiles
-        .into_iter()
-        .find(|p| p.name == wanted)
-        .ok_or_else(|| CredentialError::NoSuchProfile {
-            path: shown.clone(),
-            profile: wanted.clone(),
-        })?;
+            (None, Some(_)) => {
+                return Err(CredentialError::HalfSet {
+                    set: ENV_SECRET,
+                    missing: ENV_ID,
+                });
+            }
+            _ => {}
+        }
+    }
+    let (path, shown, profile) = cli_profile(profile_flag, env, home)?;
+    let wanted = profile.name.clone();
     let incomplete = |field| CredentialError::Incomplete {
         path: shown.clone(),
         profile: wanted.clone(),
@@ -173,6 +177,69 @@ pub fn resolve(
             profile: wanted,
         },
     ))
+}
+
+/// The region of the CLI profile the credentials would come from (its `region_id`), as the
+/// aliyun CLI uses it: `None` when there is no such profile or it names no region. Reads no
+/// secret into anything but the parsed profile, which is dropped here.
+pub fn profile_region(
+    profile_flag: Option<&str>,
+    env: &dyn Fn(&str) -> Option<String>,
+    home: Option<&Path>,
+) -> Option<String> {
+    let var = |name: &str| env(name).filter(|v| !v.is_empty());
+    // With the key in the environment (and no --profile) the profile is not the source.
+    if profile_flag.is_none() && var(ENV_ID).is_some() && var(ENV_SECRET).is_some() {
+        return None;
+    }
+    let (_, _, profile) = cli_profile(profile_flag, env, home).ok()?;
+    Some(profile.region_id).filter(|r| !r.trim().is_empty())
+}
+
+/// The selected profile of `~/.aliyun/config.json`: `--profile`, else ALIBABA_CLOUD_PROFILE,
+/// else the file's `current`, else `default`; with the file's path and how messages show it.
+fn cli_profile(
+    profile_flag: Option<&str>,
+    env: &dyn Fn(&str) -> Option<String>,
+    home: Option<&Path>,
+) -> Result<(PathBuf, String, CliProfile), CredentialError> {
+    let var = |name: &str| env(name).filter(|v| !v.is_empty());
+    let path = home.map(|h| h.join(".aliyun").join("config.json"));
+    let shown = path.as_ref().map_or_else(
+        || "~/.aliyun/config.json".to_owned(),
+        |p| p.display().to_string(),
+    );
+    let Some(path) = path.filter(|p| p.exists()) else {
+        return Err(CredentialError::Missing(shown));
+    };
+    let text = std::fs::read_to_string(&path).map_err(|e| CredentialError::Unreadable {
+        path: shown.clone(),
+        reason: e.to_string(),
+    })?;
+    let config: CliConfig =
+        serde_json::from_str(&text).map_err(|e| CredentialError::Unreadable {
+            path: shown.clone(),
+            reason: format!("not valid JSON: {e}"),
+        })?;
+    let wanted = profile_flag
+        .map(str::to_owned)
+        .or_else(|| var(ENV_PROFILE))
+        .unwrap_or_else(|| {
+            if config.current.is_empty() {
+                "default".into()
+            } else {
+                config.current.clone()
+            }
+        });
+    let profile = config
+        .profiles
+        .into_iter()
+        .find(|p| p.name == wanted)
+        .ok_or_else(|| CredentialError::NoSuchProfile {
+            path: shown.clone(),
+            profile: wanted.clone(),
+        })?;
+    Ok((path, shown, profile))
 }
 
 #[cfg(test)]
@@ -236,5 +303,49 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains(ENV_ID) && msg.contains(ENV_SECRET) && msg.contains("config.json"));
         assert!(!format!("{err:?}").contains("AKSECRET"));
+    }
+
+    #[test]
+    fn half_a_key_in_the_environment_says_which_half_is_missing() {
+        let home = home_with(CONFIG);
+        let err = resolve(None, &env_of(&[(ENV_ID, "id")]), Some(home.path())).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!("{ENV_ID} is set but {ENV_SECRET} is not")),
+            "{text}"
+        );
+        let err = resolve(None, &env_of(&[(ENV_SECRET, "s")]), Some(home.path())).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains(&format!("{ENV_SECRET} is set but {ENV_ID} is not")),
+            "{err}"
+        );
+        // --profile names the source: the environment's half is not looked at.
+        let (key, _) = resolve(Some("ak"), &env_of(&[(ENV_ID, "id")]), Some(home.path())).unwrap();
+        assert_eq!(key.id, "AKID");
+    }
+
+    #[test]
+    fn the_source_reads_as_words_and_the_profile_gives_its_region() {
+        let home = home_with(
+            r#"{"current":"sh","profiles":[
+            {"name":"sh","mode":"AK","access_key_id":"A","access_key_secret":"S","region_id":"cn-shanghai"},
+            {"name":"none","mode":"AK","access_key_id":"A","access_key_secret":"S"}]}"#,
+        );
+        let (_, source) = resolve(None, &env_of(&[]), Some(home.path())).unwrap();
+        let text = source.to_string();
+        assert!(text.starts_with("profile 'sh' of "), "{text}");
+        assert!(!text.contains('{'), "{text}");
+        assert_eq!(
+            profile_region(None, &env_of(&[]), Some(home.path())).as_deref(),
+            Some("cn-shanghai")
+        );
+        assert_eq!(
+            profile_region(Some("none"), &env_of(&[]), Some(home.path())),
+            None
+        );
+        // A key from the environment: the profile is not the source, nor its region.
+        let env = env_of(&[(ENV_ID, "i"), (ENV_SECRET, "s")]);
+        assert_eq!(profile_region(None, &env, Some(home.path())), None);
     }
 }

@@ -110,11 +110,17 @@ pub async fn run(plan: BulkPlan, context: &RunContext) -> Result<ExitCode, Failu
     };
     let Some(access) = access else {
         start();
+        let endpoint = if plan.access.simulate {
+            "the built-in simulator (a rehearsal)".to_owned()
+        } else {
+            crate::access::cloud_endpoint(&plan.access, context)?.base
+        };
         events.say(&report::plan::render(
             operation,
             &before,
             &plan.pace,
             plan.sources(),
+            &endpoint,
         ));
         let code = if before.count(ItemState::Invalid) > 0 {
             ExitCode::Incomplete

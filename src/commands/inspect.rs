@@ -55,11 +55,31 @@ pub async fn export(plan: ExportPlan) -> Result<ExitCode, Failure> {
         Err(e) => match e.downcast::<crate::ledger::LedgerError>() {
             Ok(ledger_error) => return Err(Failure::from(ledger_error)),
             Err(e) => {
+                let kind = e.chain().find_map(io_kind);
+                // `export | head`: the reader has what it wanted; a closed pipe is not a halt.
+                if out.is_none() && kind == Some(std::io::ErrorKind::BrokenPipe) {
+                    return Ok(ExitCode::Success);
+                }
+                // A destination that cannot be a file (no such directory, a directory, no
+                // permission) is the command line's mistake, not a halt.
+                let usage = matches!(
+                    kind,
+                    Some(
+                        std::io::ErrorKind::NotFound
+                            | std::io::ErrorKind::PermissionDenied
+                            | std::io::ErrorKind::IsADirectory
+                            | std::io::ErrorKind::NotADirectory
+                    )
+                );
                 let e = e.context(match out {
                     Some(path) => format!("writing {}", path.display()),
                     None => "writing to standard output".to_owned(),
                 });
-                return Err(Failure::halted(e));
+                return Err(if usage {
+                    Failure::usage(e)
+                } else {
+                    Failure::halted(e)
+                });
             }
         },
     };
@@ -132,4 +152,24 @@ pub async fn purge(args: LedgerArgs) -> Result<ExitCode, Failure> {
     );
     ledger.close().await;
     Ok(ExitCode::Success)
+}
+
+/// The kind of the I/O failure behind an export's error, looking through the CSV and JSON
+/// writers' own errors (which the row writer wraps as `io::Error::other`).
+fn io_kind(e: &(dyn std::error::Error + 'static)) -> Option<std::io::ErrorKind> {
+    if let Some(io) = e.downcast_ref::<std::io::Error>() {
+        if io.kind() != std::io::ErrorKind::Other {
+            return Some(io.kind());
+        }
+        return io.get_ref().and_then(|inner| io_kind(inner));
+    }
+    if let Some(csv) = e.downcast_ref::<csv::Error>()
+        && let csv::ErrorKind::Io(io) = csv.kind()
+    {
+        return Some(io.kind());
+    }
+    if let Some(json) = e.downcast_ref::<serde_json::Error>() {
+        return json.io_error_kind();
+    }
+    None
 }

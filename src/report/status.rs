@@ -50,22 +50,45 @@ impl OperationStatus {
         ));
         if !self.errors.is_empty() {
             out.push_str("  errors by code:\n");
+            // A code can come in several groups (invalid input, one per reason): its total
+            // first, then each group under it.
+            let mut codes: Vec<&str> = Vec::new();
             for e in &self.errors {
+                if !codes.contains(&e.code.as_str()) {
+                    codes.push(&e.code);
+                }
+            }
+            for code in codes {
+                let groups: Vec<&ErrorGroup> =
+                    self.errors.iter().filter(|e| e.code == code).collect();
+                if let [e] = groups[..] {
+                    out.push_str(&format!("    {} ×{}, {}\n", e.code, e.count, example(e)));
+                    continue;
+                }
+                let total: i64 = groups.iter().map(|e| e.count).sum();
                 out.push_str(&format!(
-                    "    {} ×{}, e.g. {}",
-                    e.code, e.count, e.example_target
+                    "    {code} ×{total} in all, {} kinds:\n",
+                    groups.len()
                 ));
-                if let Some(id) = &e.example_request_id {
-                    out.push_str(&format!(" (RequestId {id})"));
+                for e in groups {
+                    out.push_str(&format!("      ×{}, {}\n", e.count, example(e)));
                 }
-                if let Some(m) = &e.message {
-                    out.push_str(&format!(": {}", m.chars().take(160).collect::<String>()));
-                }
-                out.push('\n');
             }
         }
         out
     }
+}
+
+/// "e.g. TARGET (RequestId …): message" of an error group, the message cut to 160 characters.
+fn example(e: &ErrorGroup) -> String {
+    let mut out = format!("e.g. {}", e.example_target);
+    if let Some(id) = &e.example_request_id {
+        out.push_str(&format!(" (RequestId {id})"));
+    }
+    if let Some(m) = &e.message {
+        out.push_str(&format!(": {}", m.chars().take(160).collect::<String>()));
+    }
+    out
 }
 
 /// Everything `status` shows.
