@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use anyhow::anyhow;
 
-use crate::api::credentials::{self, AccessKey};
+use std::sync::Arc;
+
+use crate::api::credentials::{self, AccessKey, CredentialProvider, CredentialSource};
 use crate::api::endpoint::DEFAULT_REGION;
 use crate::api::{ClientConfig, Endpoint, OnsMqttClient};
 use crate::exit::Failure;
@@ -27,11 +29,12 @@ impl Access {
     pub async fn connect(plan: &AccessPlan, context: &RunContext) -> Result<Access, Failure> {
         let (simulator, endpoint, key) = if plan.simulate {
             let (handle, endpoint, key) = rehearsal(plan).await?;
-            (Some(handle), endpoint, key)
+            let credentials = CredentialProvider::fixed(key, CredentialSource::Rehearsal);
+            (Some(handle), endpoint, credentials)
         } else {
             let endpoint = cloud_endpoint(plan, context)?;
             tracing::info!("endpoint {}", endpoint.base);
-            (None, endpoint, cloud_key(plan, context)?)
+            (None, endpoint, cloud_credentials(plan, context).await?)
         };
         let mut config = ClientConfig::new(endpoint);
         config.signature = plan.signature;
@@ -43,7 +46,7 @@ impl Access {
             .map(|&source| {
                 let mut c = config.clone();
                 c.source_address = source;
-                OnsMqttClient::new(c, key.clone())
+                OnsMqttClient::with_credentials(c, key.clone())
                     .map_err(|e| Failure::usage(anyhow!("cannot build the HTTP client: {e}")))
             })
             .collect::<Result<_, _>>()?;
@@ -79,16 +82,36 @@ pub fn cloud_endpoint(plan: &AccessPlan, context: &RunContext) -> Result<Endpoin
         .map_err(|e| Failure::usage(anyhow!("the CLI profile's region_id: {e}")))
 }
 
-/// The AccessKey for real calls, from the credential chain.
-fn cloud_key(plan: &AccessPlan, context: &RunContext) -> Result<AccessKey, Failure> {
-    let (key, source) = credentials::resolve(
+/// The credentials for real calls, from the credential chain. A configuration error is a usage
+/// error (nothing was sent); a source that refused (STS, the metadata service, the URI) halts.
+async fn cloud_credentials(
+    plan: &AccessPlan,
+    context: &RunContext,
+) -> Result<Arc<CredentialProvider>, Failure> {
+    let credentials = credentials::resolve(
         plan.profile.as_deref(),
         &*context.env,
         context.home.as_deref(),
     )
-    .map_err(Failure::usage)?;
-    tracing::info!("credentials from {source}, access key id {}", key.id);
-    Ok(key)
+    .await
+    .map_err(|e| {
+        if e.is_refusal() {
+            Failure::halted(e)
+        } else {
+            Failure::usage(e)
+        }
+    })?;
+    tracing::info!(
+        "credentials from {}, access key id {}{}",
+        credentials.source(),
+        credentials.access_key_id(),
+        if credentials.renewable() {
+            " (temporary: renewed before they expire)"
+        } else {
+            ""
+        }
+    );
+    Ok(credentials)
 }
 
 /// An in-process simulator for the plan's instance, with a realistic latency, and its key.

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 
 use super::actions::*;
-use super::credentials::AccessKey;
+use super::credentials::{AccessKey, CredentialProvider, CredentialSource};
 use super::endpoint::Endpoint;
 use super::error::ApiError;
 use super::request::Request;
@@ -164,7 +164,7 @@ impl ClientConfig {
 pub struct OnsMqttClient {
     http: reqwest::Client,
     config: Arc<ClientConfig>,
-    key: Arc<AccessKey>,
+    credentials: Arc<CredentialProvider>,
     user_agent: Arc<str>,
 }
 
@@ -172,13 +172,25 @@ impl std::fmt::Debug for OnsMqttClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OnsMqttClient")
             .field("config", &self.config)
-            .field("access_key_id", &self.key.id)
+            .field("credentials", &self.credentials)
             .finish()
     }
 }
 
 impl OnsMqttClient {
+    /// A client signing with one fixed key.
     pub fn new(config: ClientConfig, key: AccessKey) -> Result<Self, reqwest::Error> {
+        Self::with_credentials(
+            config,
+            CredentialProvider::fixed(key, CredentialSource::Given),
+        )
+    }
+
+    /// A client signing each attempt with the credentials current at that moment.
+    pub fn with_credentials(
+        config: ClientConfig,
+        credentials: Arc<CredentialProvider>,
+    ) -> Result<Self, reqwest::Error> {
         // No idle-connection cap: below the concurrency it would churn connections
         // (crates.md §3.2); the dispatcher's semaphore is the cap.
         let http = reqwest::Client::builder()
@@ -192,7 +204,7 @@ impl OnsMqttClient {
         Ok(OnsMqttClient {
             http,
             config: Arc::new(config),
-            key: Arc::new(key),
+            credentials,
             user_agent: user_agent().into(),
         })
     }
@@ -201,15 +213,39 @@ impl OnsMqttClient {
         self.config.source_address
     }
 
-    /// Sends one call and returns the body of a 2xx answer.
+    /// Sends one call signed with the current key. A security token the service calls expired
+    /// is renewed and the call sent once more (it was refused before anything was applied); a
+    /// failed renewal is fatal, as a refused key is.
     async fn call(
         &self,
         action: Action,
         params: &[(&str, &str)],
     ) -> Result<bytes::Bytes, ApiError> {
+        let key = self.credentials.key().await.map_err(credential_failure)?;
+        match self.call_with(&key, action, params).await {
+            Err(e) if e.code == EXPIRED_TOKEN && self.credentials.renewable() => {
+                tracing::info!("{action}: the security token expired; renewing and retrying once");
+                let key = self
+                    .credentials
+                    .renew_after_expired(&key)
+                    .await
+                    .map_err(credential_failure)?;
+                self.call_with(&key, action, params).await
+            }
+            other => other,
+        }
+    }
+
+    /// Sends one call signed with `key` and returns the body of a 2xx answer.
+    async fn call_with(
+        &self,
+        key: &AccessKey,
+        action: Action,
+        params: &[(&str, &str)],
+    ) -> Result<bytes::Bytes, ApiError> {
         let request = sign_request(
             &SigningContext {
-                key: &self.key,
+                key,
                 version: self.config.signature,
                 endpoint: &self.config.endpoint,
                 user_agent: &self.user_agent,
@@ -268,7 +304,7 @@ impl OnsMqttClient {
         let message = parsed
             .message
             .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned());
-        let message = redact(message, &self.key);
+        let message = redact(message, key);
         Err(ApiError::from_response(
             status,
             code,
@@ -292,6 +328,21 @@ impl OnsMqttClient {
             err.status = Some(200);
             err
         })
+    }
+}
+
+/// The code of a refused, expired STS token (onsmqtt-api.md §5).
+const EXPIRED_TOKEN: &str = "InvalidSecurityToken.Expired";
+
+/// Credentials that could not be had (a failed renewal): fatal, the run halts with the cause.
+fn credential_failure(e: super::credentials::CredentialError) -> ApiError {
+    ApiError {
+        class: super::ErrorClass::Fatal,
+        status: None,
+        code: "Credentials.Unavailable".to_owned(),
+        message: e.to_string(),
+        request_id: None,
+        ambiguous: false,
     }
 }
 
