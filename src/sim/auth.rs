@@ -4,7 +4,8 @@
 //! with the gateway's codes (onsmqtt-api.md §5): `InvalidAccessKeyId.NotFound` (404),
 //! `IncompleteSignature`, `SignatureDoesNotMatch` (with the server's string to sign, as the real
 //! gateway does), `MissingSecurityToken`, `InvalidSecurityToken.MismatchWithAccessKey`,
-//! `InvalidTimeStamp.Expired` beyond 15 minutes of skew, `InvalidTimeStamp.Format`.
+//! `InvalidTimeStamp.Expired` beyond 15 minutes of skew, `InvalidTimeStamp.Format`, and
+//! `InvalidSecurityToken.Expired` for an issued STS token past its `Expiration`.
 
 use hyper::HeaderMap;
 
@@ -15,6 +16,16 @@ use crate::api::sign;
 
 /// "x-acs-date must be within 15 minutes of the request" (onsmqtt-api.md §1).
 pub const MAX_SKEW_SECS: i64 = 15 * 60;
+
+/// A key the simulator accepts, and when it stops being accepted (issued STS keys).
+#[derive(Clone)]
+pub struct Known {
+    pub key: AccessKey,
+    pub expires: Option<jiff::Timestamp>,
+}
+
+/// Finds the key of an AccessKeyId: the configured ones and those the simulator issued.
+pub type Keys<'a> = &'a dyn Fn(&str) -> Option<Known>;
 
 /// What a valid signature established.
 pub struct Authenticated {
@@ -36,6 +47,10 @@ pub struct Incoming<'a> {
 impl Incoming<'_> {
     fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub fn has_header(&self, name: &str) -> bool {
+        self.headers.contains_key(name)
     }
 
     /// The value of a parameter: its first occurrence in the query, else in the form body. The
@@ -67,7 +82,7 @@ fn err(status: u16, code: &str, message: impl Into<String>) -> SimError {
 }
 
 pub fn authenticate(
-    keys: &[AccessKey],
+    keys: Keys<'_>,
     req: &Incoming<'_>,
     now: jiff::Timestamp,
 ) -> Result<Authenticated, SimError> {
@@ -105,8 +120,8 @@ pub fn authenticate(
     }
 }
 
-fn key_for<'k>(keys: &'k [AccessKey], id: &str) -> Result<&'k AccessKey, SimError> {
-    keys.iter().find(|k| k.id == id).ok_or_else(|| {
+fn key_for(keys: Keys<'_>, id: &str) -> Result<Known, SimError> {
+    keys(id).ok_or_else(|| {
         err(
             404,
             "InvalidAccessKeyId.NotFound",
@@ -145,9 +160,20 @@ fn check_timestamp(value: Option<&str>, now: jiff::Timestamp) -> Result<(), SimE
     Ok(())
 }
 
-fn check_token(key: &AccessKey, sent: Option<&str>) -> Result<(), SimError> {
+fn check_token(known: &Known, sent: Option<&str>, now: jiff::Timestamp) -> Result<(), SimError> {
+    let key = &known.key;
     match (&key.security_token, sent) {
         (None, None) => Ok(()),
+        (Some(want), Some(got))
+            if sign::constant_time_eq(want.expose(), got)
+                && known.expires.is_some_and(|at| now >= at) =>
+        {
+            Err(err(
+                400,
+                "InvalidSecurityToken.Expired",
+                "Specified SecurityToken is expired.",
+            ))
+        }
         (Some(_), None) => Err(err(
             400,
             "MissingSecurityToken",
@@ -163,7 +189,7 @@ fn check_token(key: &AccessKey, sent: Option<&str>) -> Result<(), SimError> {
 }
 
 fn authenticate_v3(
-    keys: &[AccessKey],
+    keys: Keys<'_>,
     req: &Incoming<'_>,
     authorization: &str,
     action: Action,
@@ -178,7 +204,8 @@ fn authenticate_v3(
     };
     let auth = sign::parse_v3_authorization(authorization)
         .ok_or_else(|| incomplete("malformed Authorization header"))?;
-    let key = key_for(keys, auth.access_key_id)?;
+    let known = key_for(keys, auth.access_key_id)?;
+    let key = &known.key;
     for required in [
         "host",
         "x-acs-action",
@@ -240,7 +267,7 @@ fn authenticate_v3(
     if token.is_some() && !auth.signed_headers.contains(&"x-acs-security-token") {
         return Err(incomplete("header x-acs-security-token must be signed"));
     }
-    check_token(key, token)?;
+    check_token(&known, token, now)?;
     let nonce = req
         .header("x-acs-signature-nonce")
         .unwrap_or_default()
@@ -249,42 +276,12 @@ fn authenticate_v3(
 }
 
 fn authenticate_v1(
-    keys: &[AccessKey],
+    keys: Keys<'_>,
     req: &Incoming<'_>,
     action: Action,
     now: jiff::Timestamp,
 ) -> Result<Authenticated, SimError> {
-    let id = req.param("AccessKeyId").ok_or_else(|| {
-        err(
-            400,
-            "MissingAccessKeyId",
-            "AccessKeyId is mandatory for this action.",
-        )
-    })?;
-    let key = key_for(keys, id)?;
-    if req.param("SignatureMethod") != Some("HMAC-SHA1")
-        || req.param("SignatureVersion") != Some("1.0")
-    {
-        return Err(err(
-            400,
-            "IncompleteSignature",
-            "The request signature does not conform to Aliyun standards: SignatureMethod must be HMAC-SHA1 and SignatureVersion 1.0.",
-        ));
-    }
-    // Query and form parameters together, repeats included (onsmqtt-api.md §2 step 1).
-    let string_to_sign = sign::v1_string_to_sign(req.method, req.params());
-    let expected = sign::v1_signature(key.secret.expose(), &string_to_sign);
-    if !sign::constant_time_eq(&expected, req.param("Signature").unwrap_or_default()) {
-        return Err(err(
-            400,
-            "SignatureDoesNotMatch",
-            format!(
-                "Specified signature is not matched with our calculation. server string to sign is:{string_to_sign}"
-            ),
-        ));
-    }
-    check_timestamp(req.param("Timestamp"), now)?;
-    check_token(key, req.param("SecurityToken"))?;
+    verify_v1(keys, req, now)?;
     let nonce = req.param("SignatureNonce").ok_or_else(|| {
         err(
             400,
@@ -296,4 +293,45 @@ fn authenticate_v1(
         action,
         nonce: nonce.to_owned(),
     })
+}
+
+/// A V1 (RPC HMAC-SHA1) signature, its timestamp and its token: what OnsMqtt and STS
+/// `AssumeRole` both check. Returns the key that signed.
+pub fn verify_v1(
+    keys: Keys<'_>,
+    req: &Incoming<'_>,
+    now: jiff::Timestamp,
+) -> Result<Known, SimError> {
+    let id = req.param("AccessKeyId").ok_or_else(|| {
+        err(
+            400,
+            "MissingAccessKeyId",
+            "AccessKeyId is mandatory for this action.",
+        )
+    })?;
+    let known = key_for(keys, id)?;
+    if req.param("SignatureMethod") != Some("HMAC-SHA1")
+        || req.param("SignatureVersion") != Some("1.0")
+    {
+        return Err(err(
+            400,
+            "IncompleteSignature",
+            "The request signature does not conform to Aliyun standards: SignatureMethod must be HMAC-SHA1 and SignatureVersion 1.0.",
+        ));
+    }
+    // Query and form parameters together, repeats included (onsmqtt-api.md §2 step 1).
+    let string_to_sign = sign::v1_string_to_sign(req.method, req.params());
+    let expected = sign::v1_signature(known.key.secret.expose(), &string_to_sign);
+    if !sign::constant_time_eq(&expected, req.param("Signature").unwrap_or_default()) {
+        return Err(err(
+            400,
+            "SignatureDoesNotMatch",
+            format!(
+                "Specified signature is not matched with our calculation. server string to sign is:{string_to_sign}"
+            ),
+        ));
+    }
+    check_timestamp(req.param("Timestamp"), now)?;
+    check_token(&known, req.param("SecurityToken"), now)?;
+    Ok(known)
 }

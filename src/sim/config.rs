@@ -83,6 +83,15 @@ fn parse_key(s: &str) -> Result<AccessKey, String> {
     }
 }
 
+fn parse_ttl(s: &str) -> Result<f64, String> {
+    s.parse::<f64>()
+        .ok()
+        .filter(|t| t.is_finite() && *t > 0.0 && *t <= 86_400.0)
+        .ok_or(format!(
+            "'{s}' is not a lifetime in seconds (0 < s <= 86400)"
+        ))
+}
+
 fn parse_rate(s: &str) -> Result<f64, String> {
     s.parse::<f64>()
         .ok()
@@ -147,6 +156,11 @@ pub struct SimConfig {
     /// Latency of every answer: 0, fixed:MS, uniform:MIN:MAX, lognormal:MEDIAN_MS:SIGMA.
     #[arg(long, default_value = "0")]
     pub latency: Latency,
+    /// Lifetime in seconds of every temporary key issued (STS AssumeRole/AssumeRoleWithOIDC,
+    /// the metadata service, the credentials URI), whatever DurationSeconds asks; then the key
+    /// is refused with InvalidSecurityToken.Expired. Default: DurationSeconds, else an hour.
+    #[arg(long, value_name = "SECONDS", value_parser = parse_ttl)]
+    pub sts_ttl: Option<f64>,
     /// Seed of faults, latency and credential values.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,

@@ -75,6 +75,16 @@ async fn handle(sim: Arc<Sim>, peer: IpAddr, req: Request<Body>) -> Answer {
     let started = Instant::now();
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_owned();
+    if let Some(plain) = sim
+        .issuer
+        .serve_plain(parts.method.as_str(), &path, &parts.headers)
+    {
+        return Ok(Response::builder()
+            .status(plain.status)
+            .header("content-type", plain.content_type)
+            .body(Full::new(plain.body))
+            .expect("static response parts are valid"));
+    }
     if path.starts_with("/__sim/") {
         return Ok(introspection(&sim, &path));
     }
@@ -120,6 +130,18 @@ async fn handle(sim: Arc<Sim>, peer: IpAddr, req: Request<Body>) -> Answer {
     };
     let format = Format::requested(incoming.param("Format"));
     let request_id = sim.next_request_id();
+    if super::sts::Issuer::is_sts(&incoming) {
+        return Ok(match sim.sts(&incoming) {
+            Ok(body) => respond(200, &request_id, Format::Json, body, None),
+            Err(e) => respond(
+                e.status,
+                &request_id,
+                Format::Json,
+                error_body(Format::Json, &e, &request_id, &host),
+                None,
+            ),
+        });
+    }
     let Decision {
         answer,
         fault,
@@ -261,6 +283,17 @@ fn introspection(sim: &Sim, path: &str) -> Response<Full<Bytes>> {
                 .into(),
             None,
         ),
+        "/__sim/expire-temporary" => respond(
+            200,
+            "sim",
+            Format::Json,
+            format!("{{\"expired\":{}}}", sim.issuer.expire_all()).into(),
+            None,
+        ),
+        "/__sim/refuse-issuing" | "/__sim/resume-issuing" => {
+            sim.issuer.refuse_issuing(path == "/__sim/refuse-issuing");
+            respond(200, "sim", Format::Json, Bytes::from_static(b"{}"), None)
+        }
         "/__sim/credentials" => Response::builder()
             .header("content-type", "text/csv")
             .body(Full::new(Bytes::from(sim.credentials_csv())))

@@ -7,6 +7,9 @@
 //! rather than writing them twice. Where the documents are silent it chooses, and says so in the
 //! README ("What the simulator does not model").
 //!
+//! Temporary credentials come from `sts` (STS AssumeRole/AssumeRoleWithOIDC, the ECS metadata
+//! service, a credentials URI), whose keys expire and are then refused by `auth`.
+//!
 //! A call goes from `http` (serving, answers) to `Sim` here, which holds the one lock and asks in
 //! turn `gate` (IP blocks, nonces, windows), `auth` (signatures), `faults` (what fails on
 //! purpose, latency) and `business` (each action's rule over the `registry`); `stats` counts what
@@ -21,6 +24,7 @@ mod gate;
 mod http;
 mod registry;
 mod stats;
+mod sts;
 mod window;
 mod wire;
 
@@ -38,6 +42,7 @@ pub use config::{
 };
 pub use registry::DupMode;
 pub use stats::Stats;
+pub use sts::{CREDENTIALS_URI_PATH, ECS_ROLE_NAME, TemporaryStats};
 
 use crate::api::actions::Action;
 use crate::api::credentials::AccessKey;
@@ -72,6 +77,8 @@ impl SimError {
 /// turn, each in its own module.
 struct Sim {
     keys: Vec<AccessKey>,
+    /// STS, the metadata service, the credentials URI, and the keys they issued.
+    issuer: sts::Issuer,
     rules: Rules,
     faults: Faults,
     retry_after_ms: Option<u64>,
@@ -127,6 +134,7 @@ impl Sim {
         };
         Ok(Sim {
             keys: config.keys(),
+            issuer: sts::Issuer::new(config.sts_ttl.map(Duration::from_secs_f64)),
             rules,
             faults: Faults::new(&config),
             retry_after_ms: config.retry_after_ms,
@@ -150,10 +158,11 @@ impl Sim {
             Ok(arrival) => arrival,
             Err(e) => return Decision::refused(e, named),
         };
-        let authenticated = match auth::authenticate(&self.keys, req, jiff::Timestamp::now()) {
-            Ok(a) => a,
-            Err(e) => return Decision::refused(e, named),
-        };
+        let authenticated =
+            match auth::authenticate(&|id| self.known(id), req, jiff::Timestamp::now()) {
+                Ok(a) => a,
+                Err(e) => return Decision::refused(e, named),
+            };
         let action = authenticated.action;
         if let Err(e) = state.gate.admit(arrival, action, authenticated.nonce) {
             return Decision::refused(e, Some(action));
@@ -181,6 +190,23 @@ impl Sim {
             delay,
             action: Some(action),
         }
+    }
+
+    /// The key of an AccessKeyId: a configured one, or one the issuer gave out.
+    fn known(&self, id: &str) -> Option<auth::Known> {
+        self.keys
+            .iter()
+            .find(|k| k.id == id)
+            .map(|k| auth::Known {
+                key: k.clone(),
+                expires: None,
+            })
+            .or_else(|| self.issuer.lookup(id))
+    }
+
+    /// An STS call (`AssumeRole`, `AssumeRoleWithOIDC`).
+    fn sts(&self, req: &Incoming<'_>) -> Result<Bytes, SimError> {
+        self.issuer.sts(&|id| self.known(id), req)
     }
 
     /// Counts how a call ended, once it is answered or dropped.
@@ -220,6 +246,7 @@ impl Sim {
             },
             ..Stats::default()
         };
+        stats.temporary = self.issuer.stats();
         state.gate.report(&mut stats);
         state.tally.report(&mut stats);
         stats
@@ -265,6 +292,17 @@ impl SimHandle {
     /// The registry as CSV (`instance_id,client_id,device_access_key_id,device_access_key_secret,issued`).
     pub fn credentials_csv(&self) -> String {
         self.sim.credentials_csv()
+    }
+
+    /// Every temporary key issued so far expires now (the test route `/__sim/expire-temporary`).
+    pub fn expire_temporary_keys(&self) -> usize {
+        self.sim.issuer.expire_all()
+    }
+
+    /// STS, the metadata service and the credentials URI fail from now on, or work again
+    /// (`/__sim/refuse-issuing`, `/__sim/resume-issuing`).
+    pub fn refuse_issuing(&self, refuse: bool) {
+        self.sim.issuer.refuse_issuing(refuse)
     }
 
     /// Stops accepting and closes every open connection.

@@ -31,6 +31,9 @@ pub struct Stats {
     pub latency_ms: Latency,
     /// Admitted calls (all APIs) in each whole second since the first call arrived.
     pub admitted_per_second: Vec<u64>,
+    /// Temporary credentials issued (STS, metadata service, credentials URI).
+    #[serde(default)]
+    pub temporary: super::TemporaryStats,
 }
 
 /// The most calls seen in any sliding one-second window.

@@ -120,7 +120,7 @@ impl std::fmt::Display for CredentialSource {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum CredentialError {
     #[error(
         "no Alibaba Cloud credentials: set {ENV_ID} and {ENV_SECRET} (and {ENV_TOKEN} for STS), \

@@ -78,6 +78,9 @@ pub struct CredentialProvider {
     renewing: AtomicBool,
     /// One fetch at a time.
     fetch_lock: tokio::sync::Mutex<()>,
+    /// The last failed fetch: callers queued behind it get its error rather than each asking
+    /// a source that just failed (a dead STS would otherwise be asked once per waiting call).
+    last_failure: std::sync::Mutex<Option<(Instant, CredentialError)>>,
     renewals: AtomicU64,
 }
 
@@ -104,6 +107,7 @@ impl CredentialProvider {
             }),
             renewing: AtomicBool::new(false),
             fetch_lock: tokio::sync::Mutex::new(()),
+            last_failure: std::sync::Mutex::new(None),
             renewals: AtomicU64::new(0),
         })
     }
@@ -124,6 +128,7 @@ impl CredentialProvider {
             renewal: Some((recipe, fetcher)),
             renewing: AtomicBool::new(false),
             fetch_lock: tokio::sync::Mutex::new(()),
+            last_failure: std::sync::Mutex::new(None),
             renewals: AtomicU64::new(0),
         }))
     }
@@ -158,23 +163,20 @@ impl CredentialProvider {
         let Some(refresh_at) = held.refresh_at else {
             return Ok(held.key);
         };
-        if now < refresh_at {
-            return Ok(held.key);
+        if held.use_until.is_some_and(|until| now >= until) {
+            return self.renew_from(&held.key).await;
         }
-        if held.use_until.is_some_and(|until| now < until) {
-            if !self.renewing.swap(true, Ordering::AcqRel) {
-                let me = self.clone();
-                let stale = held.key.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = me.renew_from(&stale).await {
-                        tracing::warn!("renewing credentials ahead of expiry failed: {e}");
-                    }
-                    me.renewing.store(false, Ordering::Release);
-                });
-            }
-            return Ok(held.key);
+        if now >= refresh_at && !self.renewing.swap(true, Ordering::AcqRel) {
+            let me = self.clone();
+            let stale = held.key.clone();
+            tokio::spawn(async move {
+                if let Err(e) = me.renew_from(&stale).await {
+                    tracing::warn!("renewing credentials ahead of expiry failed: {e}");
+                }
+                me.renewing.store(false, Ordering::Release);
+            });
         }
-        self.renew_from(&held.key).await
+        Ok(held.key)
     }
 
     /// The service refused `used` as expired: renew it (unless another caller already has) and
@@ -200,6 +202,11 @@ impl CredentialProvider {
         if !Arc::ptr_eq(&held.key, stale) {
             return Ok(held.key);
         }
+        if let Some((at, e)) = &*self.last_failure.lock().unwrap_or_else(|p| p.into_inner())
+            && at.elapsed() < MIN_REFRESH_INTERVAL
+        {
+            return Err(e.clone());
+        }
         match fetcher.fetch(recipe).await {
             Ok(fetched) => {
                 let next = Held::of(fetched, Instant::now());
@@ -215,8 +222,13 @@ impl CredentialProvider {
             }
             Err(e) => {
                 // Try again in a second rather than on every call.
-                let mut held = self.held.write().unwrap_or_else(|p| p.into_inner());
-                held.refresh_at = Some(Instant::now() + MIN_REFRESH_INTERVAL);
+                let now = Instant::now();
+                self.held
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .refresh_at = Some(now + MIN_REFRESH_INTERVAL);
+                *self.last_failure.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some((now, e.clone()));
                 Err(e)
             }
         }
