@@ -3,6 +3,8 @@
 //! tokens live.
 
 mod common;
+#[path = "common/sim_process.rs"]
+mod sim_process;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -15,6 +17,7 @@ use mqtt_provision::sim::{
     CREDENTIALS_URI_PATH, DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET, ECS_ROLE_NAME,
     SimConfig, SimHandle,
 };
+use sim_process::SimProcess;
 use tokio_util::sync::CancellationToken;
 
 const ROLE_ARN: &str = "acs:ram::1234567890123456:role/provisioner";
@@ -263,6 +266,42 @@ async fn the_ecs_ram_role_comes_from_the_metadata_service_with_an_imdsv2_token()
 }
 
 #[tokio::test]
+async fn without_an_imdsv2_token_the_metadata_service_is_read_with_imdsv1_unless_disabled() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = simulator(SimConfig {
+        metadata_v1_only: true,
+        ..SimConfig::default()
+    })
+    .await;
+    let metadata = ("MQTT_PROVISION_ECS_METADATA_ENDPOINT", sim.endpoint());
+    let on = ("ALIBABA_CLOUD_ECS_METADATA_DISABLED", String::new());
+    let ctx = context(&[metadata.clone(), on.clone()], None);
+    let (code, s) = register(&sim, &ctx, dir.path(), 5, &FAST).await;
+    assert_eq!(code, 0);
+    assert_all_registered(&s, 5);
+    let t = sim.stats().temporary;
+    assert_eq!((t.metadata_tokens, t.metadata_v1_reads), (0, 2), "{t:?}");
+
+    let csv = devices_csv(dir.path(), "v2only", 5);
+    let run = Run::new(&["register"], &csv, &dir.path().join("v2.sqlite"), &sim);
+    let disabled = ("ALIBABA_CLOUD_IMDSV1_DISABLED", "true".to_owned());
+    // The chain's own probe failing means "no credentials" (usage) ...
+    let probe = context(&[metadata.clone(), on.clone(), disabled.clone()], None);
+    assert_eq!(run.exit(&FAST, &probe).await, 2);
+    // ... a role the user named that cannot be had halts.
+    let role = ("ALIBABA_CLOUD_ECS_METADATA", ECS_ROLE_NAME.to_owned());
+    let named = context(&[metadata, on, disabled, role], None);
+    assert_eq!(run.exit(&FAST, &named).await, 3);
+    assert_eq!(
+        sim.stats().temporary.metadata_v1_reads,
+        2,
+        "no IMDSv1 read when disabled"
+    );
+    assert_eq!(sim.stats().total_calls, 5);
+    sim.stop().await;
+}
+
+#[tokio::test]
 async fn the_chain_keeps_its_order() {
     let dir = tempfile::tempdir().unwrap();
     let sim = simulator(SimConfig::default()).await;
@@ -460,4 +499,76 @@ async fn a_renewal_that_fails_halts_the_run_with_exit_3() {
         "it stops before signing with an expired key"
     );
     sim.stop().await;
+}
+
+/// The whole process at debug level, renewing role keys and OIDC tokens: no issued secret or
+/// token, no base secret, no OIDC token appears in what it prints.
+#[test]
+fn no_secret_of_any_source_reaches_the_output_even_at_debug_level() {
+    const BIN: &str = env!("CARGO_BIN_EXE_mqtt-provision");
+    let dir = tempfile::tempdir().unwrap();
+    let key = format!("{DEFAULT_ACCESS_KEY_ID}:{DEFAULT_ACCESS_KEY_SECRET}");
+    let sim = SimProcess::start(BIN, 0, "post-cn-secrets01", &key, &["--sts-ttl", "1.5"]);
+    let home = home_with_profiles(&[ram_role_profile("role")]);
+    let token = token_file(dir.path());
+    let run = |name: &str, oidc: bool| {
+        let csv = devices_csv(dir.path(), name, 250);
+        let mut command = std::process::Command::new(BIN);
+        command
+            .args(["register", csv.to_str().unwrap(), "--ledger"])
+            .arg(dir.path().join(format!("{name}.sqlite")))
+            .args([
+                "--instance-id",
+                "post-cn-secrets01",
+                "--endpoint",
+                &sim.endpoint(),
+            ])
+            .args(PACED)
+            .env_clear()
+            .env("HOME", home.path())
+            .env("RUST_LOG", "debug")
+            .env("ALIBABA_CLOUD_STS_ENDPOINT", sim.endpoint())
+            .env("ALIBABA_CLOUD_ECS_METADATA_DISABLED", "true");
+        if oidc {
+            command
+                .env("ALIBABA_CLOUD_ROLE_ARN", ROLE_ARN)
+                .env("ALIBABA_CLOUD_OIDC_PROVIDER_ARN", OIDC_PROVIDER_ARN)
+                .env("ALIBABA_CLOUD_OIDC_TOKEN_FILE", &token);
+        }
+        let out = command.output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.status.code(), Some(0), "{text}");
+        text
+    };
+    for (name, oidc) in [("role", false), ("oidc", true)] {
+        let text = run(name, oidc);
+        assert!(
+            text.contains("credentials renewed"),
+            "{name}: renewed mid-run: {text}"
+        );
+        // Every issued token starts with CAIS, every issued secret is 40 characters after a
+        // key id the output may show; none of the secrets may appear.
+        assert!(!text.contains("CAIS"), "{name}: a security token leaked");
+        assert!(
+            !text.contains(DEFAULT_ACCESS_KEY_SECRET),
+            "{name}: the base secret leaked"
+        );
+        assert!(!text.contains(OIDC_TOKEN), "{name}: the OIDC token leaked");
+        assert!(
+            !text.contains("c2lnbmF0dXJl"),
+            "{name}: part of the OIDC token leaked"
+        );
+    }
+    let stats = sim.stats();
+    assert!(stats["temporary"]["assume_role"].as_u64().unwrap() >= 2);
+    assert!(
+        stats["temporary"]["assume_role_with_oidc"]
+            .as_u64()
+            .unwrap()
+            >= 2
+    );
 }

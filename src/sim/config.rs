@@ -161,6 +161,10 @@ pub struct SimConfig {
     /// is refused with InvalidSecurityToken.Expired. Default: DurationSeconds, else an hour.
     #[arg(long, value_name = "SECONDS", value_parser = parse_ttl)]
     pub sts_ttl: Option<f64>,
+    /// The metadata service issues no IMDSv2 token (answers 404 to the PUT), as an older
+    /// instance does: clients must fall back to IMDSv1.
+    #[arg(long)]
+    pub metadata_v1_only: bool,
     /// Seed of faults, latency and credential values.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,

@@ -134,7 +134,10 @@ impl Sim {
         };
         Ok(Sim {
             keys: config.keys(),
-            issuer: sts::Issuer::new(config.sts_ttl.map(Duration::from_secs_f64)),
+            issuer: sts::Issuer::new(
+                config.sts_ttl.map(Duration::from_secs_f64),
+                config.metadata_v1_only,
+            ),
             rules,
             faults: Faults::new(&config),
             retry_after_ms: config.retry_after_ms,

@@ -55,6 +55,8 @@ pub struct TemporaryStats {
 /// The issuer and its keys.
 pub struct Issuer {
     ttl: Option<Duration>,
+    /// `--metadata-v1-only`: no IMDSv2 tokens.
+    v1_only: bool,
     /// Test switch (`/__sim/refuse-issuing`): every issuing endpoint fails.
     refusing: std::sync::atomic::AtomicBool,
     state: Mutex<IssuerState>,
@@ -91,9 +93,10 @@ fn stamp(t: jiff::Timestamp) -> String {
 }
 
 impl Issuer {
-    pub fn new(ttl: Option<Duration>) -> Self {
+    pub fn new(ttl: Option<Duration>, v1_only: bool) -> Self {
         Issuer {
             ttl,
+            v1_only,
             refusing: std::sync::atomic::AtomicBool::new(false),
             state: Mutex::new(IssuerState::default()),
         }
@@ -284,6 +287,9 @@ impl Issuer {
         if path == TOKEN_PATH {
             if method != "PUT" {
                 return Some(text(405, "use PUT".into()));
+            }
+            if self.v1_only {
+                return Some(text(404, "Not Found".into()));
             }
             let ttl = headers
                 .get("x-aliyun-ecs-metadata-token-ttl-seconds")

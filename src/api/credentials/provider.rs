@@ -240,6 +240,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn debug_shows_the_source_and_the_key_id_only() {
+        let mut key = AccessKey::new("STS.visible", "hunter2");
+        key.security_token = Some(crate::secret::Secret::new("CAIS-token"));
+        let provider = CredentialProvider::fixed(key, CredentialSource::Given);
+        let shown = format!("{provider:?}");
+        assert!(shown.contains("STS.visible"), "{shown}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("CAIS"),
+            "{shown}"
+        );
+    }
+
+    #[test]
     fn the_margin_is_fifteen_minutes_or_a_third_of_short_leases() {
         assert_eq!(refresh_margin(Duration::from_secs(3600)), STALE_MARGIN);
         assert_eq!(
