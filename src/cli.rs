@@ -300,7 +300,8 @@ pub struct ApiArgs {
     /// Signature version.
     #[arg(long, value_enum, default_value_t = SignatureVersion::V3, env = "MQTT_PROVISION_SIGNATURE")]
     pub signature: SignatureVersion,
-    /// Profile of ~/.aliyun/config.json (default: ALIBABA_CLOUD_PROFILE, else its `current`).
+    /// Profile of ~/.aliyun/config.json, or section of ~/.alibabacloud/credentials.ini (default:
+    /// ALIBABA_CLOUD_PROFILE, else the file's `current`); skips the environment's key.
     #[arg(long)]
     pub profile: Option<String>,
     /// Connect timeout, seconds.

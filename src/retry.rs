@@ -63,12 +63,25 @@ where
     Fut: std::future::Future<Output = Result<T, ApiError>>,
 {
     let mut failures = 0u32;
+    let mut renewed = false;
     loop {
         let e = match call().await {
             Ok(v) => return Ok(v),
             Err(e) => e,
         };
         let wait = match e.class {
+            // The client renewed the expired key: once more at once, not a failure.
+            ErrorClass::Renewed if !renewed => {
+                renewed = true;
+                tracing::info!("{what}: {e}; credentials renewed, sending again");
+                continue;
+            }
+            ErrorClass::Renewed => {
+                return Err(ApiError {
+                    class: ErrorClass::Fatal,
+                    ..e
+                });
+            }
             ErrorClass::Throttled { retry_after_ms } if failures < max_attempts => {
                 throttle_wait(retry_after_ms, failures + 1, rand::random())
             }
@@ -150,5 +163,38 @@ mod tests {
         })
         .await;
         assert_eq!(fatal.unwrap_err().code, "SignatureDoesNotMatch");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_renewed_key_is_sent_once_more_and_a_second_refusal_is_fatal() {
+        let renewed = || {
+            let mut e = ApiError::from_response(
+                400,
+                "InvalidSecurityToken.Expired".into(),
+                "expired".into(),
+                None,
+                None,
+            );
+            e.class = ErrorClass::Renewed;
+            e
+        };
+        let mut calls = 0;
+        let once: Result<u32, ApiError> = single("test", 1, || {
+            calls += 1;
+            let n = calls;
+            async move { if n == 1 { Err(renewed()) } else { Ok(n) } }
+        })
+        .await;
+        assert_eq!(
+            once.unwrap(),
+            2,
+            "sent again, not counted against max_attempts"
+        );
+        let twice: Result<(), ApiError> = single("test", 6, || async { Err(renewed()) }).await;
+        let e = twice.unwrap_err();
+        assert_eq!(
+            (e.class, e.code.as_str()),
+            (ErrorClass::Fatal, "InvalidSecurityToken.Expired")
+        );
     }
 }

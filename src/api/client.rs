@@ -214,8 +214,9 @@ impl OnsMqttClient {
     }
 
     /// Sends one call signed with the current key. A security token the service calls expired
-    /// is renewed and the call sent once more (it was refused before anything was applied); a
-    /// failed renewal is fatal, as a refused key is.
+    /// is renewed before the error is returned, marked [`super::ErrorClass::Renewed`]: the
+    /// caller sends the call again (it was refused before anything was applied) through its
+    /// pacing. A failed renewal is fatal, as a refused key is.
     async fn call(
         &self,
         action: Action,
@@ -223,14 +224,13 @@ impl OnsMqttClient {
     ) -> Result<bytes::Bytes, ApiError> {
         let key = self.credentials.key().await.map_err(credential_failure)?;
         match self.call_with(&key, action, params).await {
-            Err(e) if e.code == EXPIRED_TOKEN && self.credentials.renewable() => {
-                tracing::info!("{action}: the security token expired; renewing and retrying once");
-                let key = self
-                    .credentials
+            Err(mut e) if e.code == EXPIRED_TOKEN && self.credentials.renewable() => {
+                self.credentials
                     .renew_after_expired(&key)
                     .await
                     .map_err(credential_failure)?;
-                self.call_with(&key, action, params).await
+                e.class = super::ErrorClass::Renewed;
+                Err(e)
             }
             other => other,
         }

@@ -28,6 +28,10 @@ pub enum ErrorClass {
     SourceBlocked,
     /// `SignatureNonceUsed`: retry with a fresh nonce once; fatal if it happens again.
     NonceReused,
+    /// `InvalidSecurityToken.Expired` from a key the client has since renewed: send the call
+    /// once more (paced, not an attempt); fatal if it happens again. Set by the client, never
+    /// by [`classify`], which calls the code fatal (a token that cannot be renewed).
+    Renewed,
     /// Credentials, permissions, instance or API are wrong: nothing else can succeed; halt.
     Fatal,
 }

@@ -4,7 +4,8 @@
 //!
 //! A call here waits for the pacer, is signed and sent by the client, and comes back as the
 //! response or as a [`CallError`]. Throttles (wait, slow the pace, try again: not an attempt),
-//! blocked source addresses (retire, try another) and a first replayed nonce are settled here;
+//! blocked source addresses (retire, try another), a first replayed nonce and a first token
+//! refused as expired (the client has renewed it: send again) are settled here;
 //! every other error goes back to the operation, counted as an attempt. It never touches the
 //! ledger: outcomes go to the writer.
 
@@ -127,6 +128,7 @@ impl Worker {
         request: &Request<T>,
     ) -> Result<T, CallError> {
         let mut throttles = 0u32;
+        let mut renewed = false;
         loop {
             let source = match a.grant.take() {
                 Some(source) => source,
@@ -177,9 +179,14 @@ impl Worker {
                 ErrorClass::NonceReused if !self.nonce_reused.swap(true, Ordering::Relaxed) => {
                     tracing::warn!("{e}; retrying once with a fresh nonce");
                 }
+                // The key was renewed: once more with it, paced, not an attempt.
+                ErrorClass::Renewed if !renewed => {
+                    renewed = true;
+                    tracing::debug!("{e}; credentials renewed, sending again");
+                }
                 _ => {
                     a.attempts += 1;
-                    if e.class == ErrorClass::NonceReused {
+                    if matches!(e.class, ErrorClass::NonceReused | ErrorClass::Renewed) {
                         self.halt_on(ApiError {
                             class: ErrorClass::Fatal,
                             ..e

@@ -307,6 +307,10 @@ impl Fetcher {
                 }
                 None
             }
+            // Nothing answers there (not an ECS instance): IMDSv1 would only wait again.
+            Err(e) if e.is_connect() || e.is_timeout() => {
+                return Err(unavailable(&what, transport(e), &[]));
+            }
             Err(e) => {
                 if imds_v1_disabled {
                     return Err(unavailable(
