@@ -18,9 +18,10 @@
 //! - the data path: [`input`] (CSV rows), [`ingest`] (rows into the ledger), [`ledger`] (the
 //!   only source of truth of a run), [`pipeline`] (claims, pacing, calls, outcomes, writer),
 //!   [`retry`] (the one backoff policy), [`progress`] (bar or plain lines), [`report`].
-//! - the other side: [`api`] (the OnsMqtt client: signing, typed calls, error classes,
-//!   credentials) and [`sim`] (the simulator: the same API from the server side, sharing the
-//!   client's types and signing code).
+//! - the other side: [`api`] (the OnsMqtt client: signing, typed calls, error classes, the
+//!   credential chain and its renewal) and [`sim`] (the simulator: the same API from the server
+//!   side, sharing the client's types and signing code, with STS, the ECS metadata service and
+//!   a credentials URI for the chain).
 //!
 //! Nothing downstream reaches back upstream: the API client knows nothing of the ledger, the
 //! ledger nothing of HTTP, the pipeline nothing of CSV.

@@ -118,7 +118,8 @@ fn cli_recipe_at(
         settings.role_request(
             &profile.ram_role_arn,
             session,
-            profile.expired_seconds,
+            // The aliyun CLI writes 0 for "not set".
+            profile.expired_seconds.filter(|&s| s != 0),
             &profile.policy,
             &profile.external_id,
             &profile.sts_region,
@@ -165,7 +166,11 @@ fn cli_recipe_at(
                 return Err(incomplete("oidc_token_file"));
             }
             Ok(Recipe::Oidc {
-                role: role(&profile.role_session_name)?,
+                role: role(if profile.role_session_name.is_empty() {
+                    &profile.ram_session_name
+                } else {
+                    &profile.role_session_name
+                })?,
                 provider_arn: profile.oidc_provider_arn.clone(),
                 token_file: PathBuf::from(&profile.oidc_token_file),
             })
