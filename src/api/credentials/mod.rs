@@ -180,7 +180,7 @@ impl CredentialError {
 
 /// What the chain reads: the environment (injected so tests do not touch the process's) and
 /// the home directory.
-pub struct Settings<'a> {
+struct Settings<'a> {
     env: &'a dyn Fn(&str) -> Option<String>,
     home: Option<&'a Path>,
 }

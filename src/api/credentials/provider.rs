@@ -59,11 +59,20 @@ impl Held {
             .try_into()
             .unwrap_or(Duration::ZERO);
         let margin = refresh_margin(left);
-        let refresh_at = now + (left - margin);
+        // An Expiration too far off for the clock (year 9999) is a key that never expires.
+        let refresh_at = now.checked_add(left - margin);
+        let use_until = now.checked_add(left - expiry_guard(margin));
+        if refresh_at.is_none() || use_until.is_none() {
+            return Held {
+                key,
+                refresh_at: None,
+                use_until: None,
+            };
+        }
         Held {
             key,
-            refresh_at: Some(refresh_at),
-            use_until: Some(now + left - expiry_guard(margin)),
+            refresh_at,
+            use_until,
         }
     }
 }
@@ -296,5 +305,16 @@ mod tests {
             now,
         );
         assert!(never.refresh_at.is_none() && never.use_until.is_none());
+        let far = Held::of(
+            Fetched {
+                key: AccessKey::new("id", "s"),
+                expiration: Some(jiff::Timestamp::MAX),
+            },
+            now,
+        );
+        assert!(
+            far.use_until.is_none_or(|u| u > now),
+            "no panic, no expiry in the past"
+        );
     }
 }
