@@ -300,6 +300,10 @@ pub struct ApiArgs {
     /// Signature version.
     #[arg(long, value_enum, default_value_t = SignatureVersion::V3, env = "MQTT_PROVISION_SIGNATURE")]
     pub signature: SignatureVersion,
+    /// Tests only: sign as if the local clock were SECS off (negative: slow), to prove the
+    /// correction from the service's `Date`.
+    #[arg(long, hide = true, value_name = "SECS", allow_negative_numbers = true)]
+    pub test_clock_error: Option<i64>,
     /// Profile of ~/.aliyun/config.json (default: ALIBABA_CLOUD_PROFILE, else its `current`).
     #[arg(long)]
     pub profile: Option<String>,

@@ -37,6 +37,8 @@ pub struct AccessPlan {
     pub profile: Option<String>,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
+    /// Tests only: how far the local clock is made wrong, milliseconds.
+    pub clock_error_ms: i64,
     /// One client per entry; `None` is the host's default address.
     pub source_addresses: Vec<Option<IpAddr>>,
     /// What the in-process simulator of a rehearsal starts from.
@@ -100,6 +102,7 @@ impl AccessPlan {
             profile: api.profile.clone(),
             connect_timeout: api.connect_timeout,
             read_timeout: api.read_timeout,
+            clock_error_ms: api.test_clock_error.unwrap_or(0).saturating_mul(1000),
             source_addresses,
             rehearsal: Rehearsal::default(),
         })

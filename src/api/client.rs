@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 
 use super::actions::*;
+use super::clock::{self, ServiceClock};
 use super::credentials::AccessKey;
 use super::endpoint::Endpoint;
 use super::error::ApiError;
@@ -145,6 +146,8 @@ pub struct ClientConfig {
     pub read_timeout: Duration,
     /// Bind outgoing connections to this local address (one client per source IP).
     pub source_address: Option<IpAddr>,
+    /// The signing time, corrected by the service's `Date`; shared by every client of a run.
+    pub clock: Arc<ServiceClock>,
 }
 
 impl ClientConfig {
@@ -155,6 +158,7 @@ impl ClientConfig {
             connect_timeout: Duration::from_secs(5),
             read_timeout: Duration::from_secs(10),
             source_address: None,
+            clock: Arc::new(ServiceClock::default()),
         }
     }
 }
@@ -201,11 +205,36 @@ impl OnsMqttClient {
         self.config.source_address
     }
 
-    /// Sends one call and returns the body of a 2xx answer.
+    /// Sends one call and returns the body of a 2xx answer. A call refused for its timestamp
+    /// is signed again and resent once when that answer corrected the clock: the gateway refused
+    /// it before applying anything.
     async fn call(
         &self,
         action: Action,
         params: &[(&str, &str)],
+    ) -> Result<bytes::Bytes, ApiError> {
+        let clock = &self.config.clock;
+        clock.calibrated().await;
+        let (now, offset) = clock.now();
+        match self.attempt(action, params, now).await {
+            Err(e)
+                if e.code.starts_with("InvalidTimeStamp")
+                    && (clock.offset_ms() - offset).unsigned_abs()
+                        > clock::TOLERANCE.as_millis() as u64 =>
+            {
+                tracing::debug!("{action}: resent with the corrected clock");
+                self.attempt(action, params, clock.now().0).await
+            }
+            other => other,
+        }
+    }
+
+    /// One signed request, timestamped `now`.
+    async fn attempt(
+        &self,
+        action: Action,
+        params: &[(&str, &str)],
+        now: jiff::Timestamp,
     ) -> Result<bytes::Bytes, ApiError> {
         let request = sign_request(
             &SigningContext {
@@ -213,7 +242,7 @@ impl OnsMqttClient {
                 version: self.config.signature,
                 endpoint: &self.config.endpoint,
                 user_agent: &self.user_agent,
-                timestamp: sign::timestamp(jiff::Timestamp::now()),
+                timestamp: sign::timestamp(now),
                 nonce: sign::new_nonce(),
             },
             action,
@@ -230,6 +259,7 @@ impl OnsMqttClient {
         }
         let started = Instant::now();
         let response = builder.send().await.map_err(|e| {
+            self.config.clock.no_answer();
             let mut error = transport_error(e);
             // "dns error" or "connection refused" alone does not say where to: name the host.
             if error.code == "Transport.Connect" {
@@ -252,6 +282,7 @@ impl OnsMqttClient {
             .and_then(|v| v.trim().parse::<u64>().ok())
             .filter(|&ms| ms > 0);
         let header_request_id = header("x-acs-request-id");
+        self.config.clock.observe(header("date").as_deref());
         let body = response.bytes().await.map_err(transport_error)?;
         tracing::trace!(
             action = action.name(),
