@@ -341,9 +341,14 @@ pub struct PaceArgs {
     /// Devices in progress at once.
     #[arg(long, default_value_t = 256, value_parser = at_least_one)]
     pub concurrency: usize,
-    /// Transient failures per device before it is `failed` (throttling does not count).
+    /// Transient failures per device before it is `failed` (throttling does not count, nor
+    /// failures while the service is unreachable).
     #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_attempts: u32,
+    /// How long the service may stay unreachable before the run halts (exit 3, everything
+    /// unfinished still pending): seconds, or with a unit (`90s`, `15m`, `1h`).
+    #[arg(long, default_value = "15m", value_name = "DURATION", value_parser = parse_patience, env = "MQTT_PROVISION_OUTAGE_PATIENCE")]
+    pub outage_patience: Duration,
     /// Benchmarks only: pace with the textbook `Quota::per_second(limit)` instead.
     #[arg(long, hide = true)]
     pub textbook_pacer: bool,
@@ -449,6 +454,31 @@ fn parse_progress_interval(raw: &str) -> Result<Duration, String> {
     seconds_at_least(raw, 0.1)
 }
 
+/// `900`, `90s`, `15m` or `1h`: from 1 s to a week.
+fn parse_patience(raw: &str) -> Result<Duration, String> {
+    let raw = raw.trim();
+    let (number, unit) = match raw.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((at, _)) => (&raw[..at], &raw[at..]),
+        None => (raw, "s"),
+    };
+    let scale = match unit {
+        "s" => 1.0,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        _ => f64::NAN,
+    };
+    number
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .map(|n| n * scale)
+        .filter(|s| s.is_finite() && (1.0..=604_800.0).contains(s))
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| {
+            format!("'{raw}': give a duration such as 900, 90s, 15m or 1h (1 s to a week)")
+        })
+}
+
 /// `2%` or `0.02`: a fraction below 90 %.
 fn parse_headroom(raw: &str) -> Result<f64, String> {
     let raw = raw.trim();
@@ -499,6 +529,13 @@ mod tests {
         assert_eq!(parse_timeout("2.5"), Ok(Duration::from_millis(2500)));
         assert!(parse_timeout("0").is_err() && parse_timeout("nan").is_err());
         assert!(parse_progress_interval("1e-10").is_err());
+        assert_eq!(parse_patience("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_patience("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_patience("2"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_patience("1h"), Ok(Duration::from_secs(3600)));
+        for bad in ["", "0", "15x", "-5m", "nan", "2w", "1e10"] {
+            assert!(parse_patience(bad).is_err(), "{bad}");
+        }
         assert_eq!(parse_state("not_found"), Ok(ItemState::NotFound));
         assert!(parse_state("done").unwrap_err().contains("registered"));
         assert!(parse_rate_limit("0.5").is_err());

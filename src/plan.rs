@@ -126,6 +126,7 @@ pub struct BulkPlan {
     pub pace: PaceConfig,
     pub concurrency: usize,
     pub max_attempts: u32,
+    pub outage_patience: Duration,
     pub progress: ProgressMode,
     /// `--json`: NDJSON events on stdout, every `progress_interval`.
     pub json: bool,
@@ -197,6 +198,7 @@ impl BulkPlan {
             pace: pace(&args.pace)?,
             concurrency: args.pace.concurrency,
             max_attempts: args.pace.max_attempts,
+            outage_patience: args.pace.outage_patience,
             progress: progress(&args.output, stderr_is_terminal),
             json: args.output.json,
             progress_interval: args.output.progress_interval,
@@ -220,6 +222,7 @@ impl BulkPlan {
             pace: self.pace,
             concurrency: self.concurrency,
             max_attempts: self.max_attempts,
+            outage_patience: self.outage_patience,
             drain_timeout: self.access.drain_timeout(),
         }
     }

@@ -116,6 +116,15 @@ pub fn halt_report(halt: &Halt) -> HaltReport {
             format!("every source address was blocked for exceeding the per-IP limit ({e})."),
             "Wait for the block to expire, lower --ip-qps, then resume",
         ),
+        Halt::Outage { since, last } => (
+            "outage",
+            format!(
+                "the service has been unreachable since {} (longer than --outage-patience){}; every unfinished target is still pending",
+                crate::pipeline::breaker::clock_time(*since),
+                last.as_ref().map(|e| format!(": {e}")).unwrap_or_default()
+            ),
+            "Check the network and the service, then resume (the same command)",
+        ),
         Halt::Interrupted => (
             "interrupted",
             "interrupted by Ctrl-C or SIGTERM".to_owned(),
