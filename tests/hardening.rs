@@ -1,0 +1,330 @@
+//! What a security review broke (issue 16), each through the binary against the simulator:
+//! files created fresh and private whatever was there before, the ledger never taken through a
+//! link or an alias, never written over by its own export, no proxy or redirect on the way to
+//! the endpoint, and no terminal control sequence or spreadsheet formula from untrusted text.
+
+mod common;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use common::*;
+use mqtt_provision::sim::{SimConfig, SimHandle};
+
+const FAST: &[&str] = &["--account-qps", "3000", "--ip-qps", "3000"];
+const BIN: &str = env!("CARGO_BIN_EXE_mqtt-provision");
+
+fn fast() -> SimConfig {
+    SimConfig {
+        account_qps: 5000,
+        ip_qps: 5000,
+        ..SimConfig::default()
+    }
+}
+
+/// The binary with `args` in `dir` and `env` added, the simulator's key in its environment, off
+/// the test's runtime thread (the in-process simulator keeps serving meanwhile); (exit code,
+/// stdout, stderr).
+async fn binary_env(
+    dir: &Path,
+    sim: Option<&SimHandle>,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (i32, String, String) {
+    let mut c = std::process::Command::new(BIN);
+    c.args(args).current_dir(dir).env("HOME", dir);
+    for proxy in [
+        "HTTP_PROXY",
+        "http_proxy",
+        "HTTPS_PROXY",
+        "https_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+        "NO_PROXY",
+        "no_proxy",
+    ] {
+        c.env_remove(proxy);
+    }
+    c.envs(env.iter().copied());
+    if let Some(sim) = sim {
+        c.env("ALIBABA_CLOUD_ACCESS_KEY_ID", &sim.keys[0].id).env(
+            "ALIBABA_CLOUD_ACCESS_KEY_SECRET",
+            sim.keys[0].secret.expose(),
+        );
+    }
+    let out = tokio::task::spawn_blocking(move || c.output().unwrap())
+        .await
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+async fn binary(dir: &Path, sim: Option<&SimHandle>, args: &[&str]) -> (i32, String, String) {
+    binary_env(dir, sim, args, &[]).await
+}
+
+/// `register` of `n` devices into `ledger` (in `dir`), through the binary; its exit code.
+async fn register(dir: &Path, sim: &SimHandle, name: &str, n: usize, ledger: &str) -> i32 {
+    let csv = devices_csv(dir, name, n);
+    let endpoint = sim.endpoint();
+    let mut args = vec![
+        "register",
+        csv.to_str().unwrap(),
+        "--ledger",
+        ledger,
+        "--instance-id",
+        &sim.instance_id,
+        "--endpoint",
+        &endpoint,
+        "--quiet",
+    ];
+    args.extend_from_slice(FAST);
+    let (code, out, err) = binary(dir, Some(sim), &args).await;
+    if code != 0 {
+        eprintln!("register {ledger}: exit {code}: {out}{err}");
+    }
+    code
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::symlink_metadata(path)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+fn side(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// Item 1: an export onto an existing world-readable file, or onto a symbolic link, writes a
+/// fresh 0600 file in place of the name: the old mode is not kept, the link's target is untouched.
+#[tokio::test]
+async fn exports_replace_an_existing_file_or_link_with_a_fresh_private_file() {
+    let sim = simulator(fast()).await;
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(register(dir.path(), &sim, "files", 5, "l.sqlite").await, 0);
+
+    let open = dir.path().join("credentials.csv");
+    std::fs::write(&open, "old\n").unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let victim = dir.path().join("victim.txt");
+    std::fs::write(&victim, "not yours\n").unwrap();
+    let link = dir.path().join("link.csv");
+    std::os::unix::fs::symlink(&victim, &link).unwrap();
+
+    for out in [&open, &link] {
+        let (code, _, err) = binary(
+            dir.path(),
+            None,
+            &[
+                "export",
+                "--ledger",
+                "l.sqlite",
+                "--out",
+                out.to_str().unwrap(),
+            ],
+        )
+        .await;
+        assert_eq!(code, 0, "{err}");
+        let meta = std::fs::symlink_metadata(out).unwrap();
+        assert!(
+            meta.file_type().is_file(),
+            "{} is a regular file now",
+            out.display()
+        );
+        assert_eq!(mode(out), 0o600, "{}", out.display());
+        let text = std::fs::read_to_string(out).unwrap();
+        assert_eq!(text.lines().count(), 6, "{text}");
+    }
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "not yours\n");
+
+    // `cert list --out` the same way (no certificates: a header only, but a fresh 0600 file).
+    let list = dir.path().join("certs.csv");
+    std::fs::write(&list, "old\n").unwrap();
+    std::fs::set_permissions(&list, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let endpoint = sim.endpoint();
+    let (code, _, err) = binary(
+        dir.path(),
+        Some(&sim),
+        &[
+            "cert",
+            "list",
+            "--instance-id",
+            &sim.instance_id,
+            "--endpoint",
+            &endpoint,
+            "--out",
+            list.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(mode(&list), 0o600);
+    assert!(!std::fs::read_to_string(&list).unwrap().contains("old"));
+    // No temporary file is left behind.
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!names.iter().any(|n| n.ends_with(".partial")), "{names:?}");
+}
+
+/// Item 1: a ledger (and its side files) found world-readable is made 0600 before anything is
+/// written; a ledger that is a symbolic link, or not a regular file, is refused (exit 2) and its
+/// target is left alone.
+#[tokio::test]
+async fn a_ledger_is_made_private_and_never_taken_through_a_link() {
+    let sim = simulator(fast()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("N.sqlite");
+    assert_eq!(register(dir.path(), &sim, "a", 3, "N.sqlite").await, 0);
+    for f in [ledger.clone(), side(&ledger, "-wal"), side(&ledger, "-shm")] {
+        if !f.exists() {
+            std::fs::write(&f, "").unwrap();
+        }
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o666)).unwrap();
+    }
+    assert_eq!(register(dir.path(), &sim, "b", 3, "N.sqlite").await, 0);
+    for f in [ledger.clone(), side(&ledger, ".lock")] {
+        assert_eq!(mode(&f), 0o600, "{}", f.display());
+    }
+    for suffix in ["-wal", "-shm"] {
+        let f = side(&ledger, suffix);
+        if f.exists() {
+            assert_eq!(mode(&f), 0o600, "{}", f.display());
+        }
+    }
+
+    let link = dir.path().join("alias.sqlite");
+    std::os::unix::fs::symlink(&ledger, &link).unwrap();
+    let before = std::fs::read(&ledger).unwrap();
+    for args in [
+        vec!["status", "--ledger", "alias.sqlite"],
+        vec!["export", "--ledger", "alias.sqlite", "--out", "x.csv"],
+    ] {
+        let (code, out, err) = binary(dir.path(), None, &args).await;
+        assert_eq!(code, 2, "{args:?}: {out}{err}");
+        assert!(err.contains("symbolic link"), "{err}");
+    }
+    assert_eq!(register(dir.path(), &sim, "c", 3, "alias.sqlite").await, 2);
+    assert_eq!(
+        std::fs::read(&ledger).unwrap(),
+        before,
+        "the target is untouched"
+    );
+    assert!(!dir.path().join("x.csv").exists());
+
+    // A directory is not a ledger.
+    std::fs::create_dir(dir.path().join("d.sqlite")).unwrap();
+    let (code, _, err) = binary(dir.path(), None, &["status", "--ledger", "d.sqlite"]).await;
+    assert_eq!(code, 2, "{err}");
+}
+
+/// Item 1: a ledger planted by another user is refused, whatever its mode (needs root to plant
+/// a file owned by someone else; as another user the test plants nothing and checks nothing).
+#[tokio::test]
+async fn a_ledger_of_another_user_is_refused() {
+    let sim = simulator(fast()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("planted.sqlite");
+    assert_eq!(
+        register(dir.path(), &sim, "p", 2, "planted.sqlite").await,
+        0
+    );
+    let planted = std::ffi::CString::new(ledger.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path; chown has no other precondition.
+    if unsafe { libc::chown(planted.as_ptr(), 65534, 65534) } != 0 {
+        eprintln!("not root: cannot plant another user's file; skipped");
+        return;
+    }
+    std::fs::set_permissions(&ledger, std::fs::Permissions::from_mode(0o666)).unwrap();
+    for args in [
+        vec!["status", "--ledger", "planted.sqlite"],
+        vec!["export", "--ledger", "planted.sqlite", "--out", "x.csv"],
+    ] {
+        let (code, out, err) = binary(dir.path(), None, &args).await;
+        assert_eq!(code, 2, "{args:?}: {out}{err}");
+        assert!(err.contains("belongs to another user"), "{err}");
+    }
+    assert_eq!(
+        register(dir.path(), &sim, "q", 2, "planted.sqlite").await,
+        2
+    );
+    assert_eq!(std::fs::metadata(&ledger).unwrap().uid(), 65534);
+}
+
+/// Item 2: `export --out` naming the ledger (directly, through a link, or a side file) is
+/// refused and the ledger keeps every secret; `status` and `export` never create a ledger.
+#[tokio::test]
+async fn an_export_onto_the_ledger_is_refused_and_reading_commands_never_create_one() {
+    let sim = simulator(fast()).await;
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(
+        register(dir.path(), &sim, "own", 4, "provision.sqlite").await,
+        0
+    );
+    std::os::unix::fs::symlink("provision.sqlite", dir.path().join("to-ledger.csv")).unwrap();
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    for out in [
+        "provision.sqlite",
+        "./sub/../provision.sqlite",
+        "to-ledger.csv",
+        "provision.sqlite-wal",
+        "provision.sqlite-shm",
+    ] {
+        let (code, _, err) = binary(
+            dir.path(),
+            None,
+            &["export", "--ledger", "provision.sqlite", "--out", out],
+        )
+        .await;
+        assert_eq!(code, 2, "--out {out}: {err}");
+        assert!(err.contains("is the ledger"), "{err}");
+    }
+    let (code, out, err) = binary(
+        dir.path(),
+        None,
+        &["export", "--ledger", "provision.sqlite"],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 5, "every secret is still there: {out}");
+
+    // Missing or empty: an error, exit 2, and no file appears or gains a schema.
+    for args in [
+        vec!["status", "--ledger", "missing.sqlite"],
+        vec!["export", "--ledger", "missing.sqlite"],
+        vec![
+            "show",
+            "--ledger",
+            "missing.sqlite",
+            "GID_test@@@own-000000",
+        ],
+    ] {
+        let (code, _, err) = binary(dir.path(), None, &args).await;
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(!dir.path().join("missing.sqlite").exists(), "{args:?}");
+    }
+    std::fs::write(dir.path().join("empty.sqlite"), "").unwrap();
+    for args in [
+        vec!["status", "--ledger", "empty.sqlite"],
+        vec!["export", "--ledger", "empty.sqlite"],
+    ] {
+        let (code, _, err) = binary(dir.path(), None, &args).await;
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains("empty"), "{err}");
+        assert_eq!(
+            std::fs::metadata(dir.path().join("empty.sqlite"))
+                .unwrap()
+                .len(),
+            0
+        );
+    }
+}
