@@ -328,3 +328,76 @@ async fn an_export_onto_the_ledger_is_refused_and_reading_commands_never_create_
         );
     }
 }
+
+/// Item 3: a second worker reaching a running worker's ledger through another name (a hard
+/// link, a symbolic link) is refused, so a re-issuing server never issues a second credential.
+#[tokio::test]
+async fn a_second_worker_through_an_alias_of_the_ledger_is_refused() {
+    let sim = simulator(SimConfig {
+        dup_mode: mqtt_provision::sim::DupMode::Reissue,
+        ..fast()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let n = 1500;
+    let csv = devices_csv(dir.path(), "alias", n);
+    let endpoint = sim.endpoint();
+    let args = |ledger: &str| -> Vec<String> {
+        [
+            "register",
+            csv.to_str().unwrap(),
+            "--ledger",
+            ledger,
+            "--instance-id",
+            &sim.instance_id,
+            "--endpoint",
+            &endpoint,
+            "--quiet",
+            "--account-qps",
+            "1000",
+            "--ip-qps",
+            "1000",
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    };
+    let mut first = std::process::Command::new(BIN);
+    first
+        .args(args("N.sqlite"))
+        .current_dir(dir.path())
+        .env("ALIBABA_CLOUD_ACCESS_KEY_ID", &sim.keys[0].id)
+        .env(
+            "ALIBABA_CLOUD_ACCESS_KEY_SECRET",
+            sim.keys[0].secret.expose(),
+        );
+    let first = tokio::task::spawn_blocking(move || first.output().unwrap());
+    let ledger = dir.path().join("N.sqlite");
+    let lock = side(&ledger, ".lock");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !(ledger.exists() && lock.exists()) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    std::fs::hard_link(&ledger, dir.path().join("hard.sqlite")).unwrap();
+    std::os::unix::fs::symlink("N.sqlite", dir.path().join("soft.sqlite")).unwrap();
+    for alias in ["hard.sqlite", "soft.sqlite"] {
+        let a = args(alias);
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        let (code, out, err) = binary(dir.path(), Some(&sim), &a).await;
+        assert_eq!(code, 2, "{alias}: {out}{err}");
+    }
+    let (code, err) = {
+        let out = first.await.unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    assert!(
+        sim.stats().credentials.duplicates.is_empty(),
+        "{} devices got a second credential",
+        sim.stats().credentials.duplicates.len()
+    );
+    assert_eq!(sim.stats().credentials.issued_total, n as u64);
+    // The first worker saw the hard link appear only after it had opened its ledger: it ran on.
+    assert_eq!(code, Some(0), "{err}");
+}
