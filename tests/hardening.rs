@@ -401,3 +401,321 @@ async fn a_second_worker_through_an_alias_of_the_ledger_is_refused() {
     // The first worker saw the hard link appear only after it had opened its ledger: it ran on.
     assert_eq!(code, Some(0), "{err}");
 }
+
+/// A port on which nothing listens.
+fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// Item 4: proxy variables never apply to a loopback endpoint: with every one of them pointing
+/// at a closed port, a rehearsal and a run against a loopback simulator still succeed.
+#[tokio::test]
+async fn proxy_variables_never_apply_to_a_loopback_endpoint() {
+    let sim = simulator(fast()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let csv = devices_csv(dir.path(), "proxied", 3);
+    let proxy = format!("http://127.0.0.1:{}", closed_port());
+    let env: Vec<(&str, &str)> = ["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"]
+        .into_iter()
+        .map(|k| (k, proxy.as_str()))
+        .collect();
+    let (code, out, err) = binary_env(
+        dir.path(),
+        None,
+        &["register", csv.to_str().unwrap(), "--simulate", "--quiet"],
+        &env,
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    let endpoint = sim.endpoint();
+    let (code, out, err) = binary_env(
+        dir.path(),
+        Some(&sim),
+        &[
+            "register",
+            csv.to_str().unwrap(),
+            "--ledger",
+            "real.sqlite",
+            "--instance-id",
+            &sim.instance_id,
+            "--endpoint",
+            &endpoint,
+            "--quiet",
+        ],
+        &env,
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(sim.stats().credentials.issued_total, 3);
+}
+
+/// A one-shot HTTP server on 127.0.0.1: answers every request with `response`; counts requests.
+struct RawServer {
+    port: u16,
+    requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl RawServer {
+    fn start(response: Vec<u8>) -> RawServer {
+        Self::start_on("127.0.0.1", response)
+    }
+
+    fn start_on(host: &str, response: Vec<u8>) -> RawServer {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind((host, 0)).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = requests.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let response = response.clone();
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 8192];
+                    let _ = stream.read(&mut buf);
+                    let _ = stream.write_all(&response);
+                });
+            }
+        });
+        RawServer { port, requests }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn requests(&self) -> usize {
+        self.requests.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+fn client_of(endpoint: &str) -> mqtt_provision::api::OnsMqttClient {
+    use mqtt_provision::api::{AccessKey, ClientConfig, Endpoint, OnsMqttClient};
+    let mut key = AccessKey::new("LTAI-hardening", "the-secret");
+    key.security_token = Some(mqtt_provision::secret::Secret::new("STS-TOKEN-hardening"));
+    let mut config = ClientConfig::new(Endpoint::parse(endpoint).unwrap());
+    config.read_timeout = std::time::Duration::from_secs(2);
+    OnsMqttClient::new(config, key).unwrap()
+}
+
+/// Item 5: a redirect is an error naming where it pointed (without the query it may echo); it
+/// is not followed, so the signed headers never reach the other host.
+#[tokio::test]
+async fn a_redirect_is_an_error_and_never_followed() {
+    let elsewhere = RawServer::start_on(
+        "127.0.0.2",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}".to_vec(),
+    );
+    let location = format!("http://127.0.0.2:{}/steal?Signature=abc", elsewhere.port);
+    let redirecting = RawServer::start(
+        format!(
+            "HTTP/1.1 307 Temporary Redirect\r\nlocation: {location}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+        )
+        .into_bytes(),
+    );
+    let client = client_of(&redirecting.endpoint());
+    let e = client
+        .send(&mqtt_provision::api::request::get_register_code(
+            "MQTT_TEST",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, "Redirected", "{e}");
+    assert_eq!(e.class, mqtt_provision::api::ErrorClass::Fatal);
+    let shown = e.to_string();
+    assert!(
+        shown.contains(&format!("127.0.0.2:{}/steal", elsewhere.port)),
+        "{shown}"
+    );
+    assert!(!shown.contains("Signature"), "{shown}");
+    assert_eq!(elsewhere.requests(), 0, "the redirect was followed");
+
+    // Through the binary: a single call halts (exit 3) and says where it was sent.
+    let dir = tempfile::tempdir().unwrap();
+    let endpoint = redirecting.endpoint();
+    let (code, _, err) = binary_env(
+        dir.path(),
+        None,
+        &[
+            "ca",
+            "register-code",
+            "--instance-id",
+            "MQTT_TEST",
+            "--endpoint",
+            &endpoint,
+        ],
+        &[
+            ("ALIBABA_CLOUD_ACCESS_KEY_ID", "LTAI-hardening"),
+            ("ALIBABA_CLOUD_ACCESS_KEY_SECRET", "the-secret"),
+        ],
+    )
+    .await;
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("redirected to"), "{err}");
+    assert_eq!(elsewhere.requests(), 0);
+}
+
+/// Item 8: an answer's body is read up to 1 MiB and no further, and a server's `Message` is kept
+/// to 1 KiB.
+#[tokio::test]
+async fn answers_and_messages_from_the_server_are_bounded() {
+    let huge = vec![b'x'; 8 << 20];
+    let mut response = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        huge.len()
+    )
+    .into_bytes();
+    response.extend_from_slice(&huge);
+    let big = RawServer::start(response);
+    let e = client_of(&big.endpoint())
+        .send(&mqtt_provision::api::request::get_register_code(
+            "MQTT_TEST",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, "Response.TooLarge", "{e}");
+
+    // Chunked, with no length declared: cut as soon as it crosses the bound.
+    let mut chunked =
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n".to_vec();
+    for _ in 0..40 {
+        chunked.extend_from_slice(format!("{:x}\r\n", 64 << 10).as_bytes());
+        chunked.extend_from_slice(&vec![b'y'; 64 << 10]);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let streamed = RawServer::start(chunked);
+    let e = client_of(&streamed.endpoint())
+        .send(&mqtt_provision::api::request::get_register_code(
+            "MQTT_TEST",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, "Response.TooLarge", "{e}");
+
+    let message = "m".repeat(100_000);
+    let body = format!(r#"{{"Code":"Odd","Message":"{message}","RequestId":"R"}}"#);
+    let long = RawServer::start(
+        format!(
+            "HTTP/1.1 400 Bad Request\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes(),
+    );
+    let e = client_of(&long.endpoint())
+        .send(&mqtt_provision::api::request::get_register_code(
+            "MQTT_TEST",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, "Odd");
+    assert!(
+        e.message.len() <= 1024 + 4,
+        "{} bytes kept",
+        e.message.len()
+    );
+}
+
+/// The bytes a terminal would act on: ESC, BEL, CSI (C1), carriage return.
+fn plays_on_a_terminal(text: &str) -> bool {
+    text.contains(['\u{1b}', '\u{7}', '\u{9b}', '\r'])
+}
+
+/// Item 6: control sequences in the input or in the server's Code, Message and RequestId are
+/// shown escaped in the summary, `status`, `HALTED:` and `error:` lines, never played.
+#[tokio::test]
+async fn control_sequences_from_the_input_or_the_server_never_reach_the_terminal() {
+    let sim = simulator(fast()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("evil.csv");
+    std::fs::write(
+        &csv,
+        "client_id\nGID_test@@@ok-1\n\"GID_test@@@\u{1b}]0;pwned\u{7}x\"\n\"GID_test@@@y\r\u{1b}[2K  all registered\"\n\u{9b}31mred\n",
+    )
+    .unwrap();
+    let endpoint = sim.endpoint();
+    let run = [
+        "register",
+        csv.to_str().unwrap(),
+        "--ledger",
+        "l.sqlite",
+        "--instance-id",
+        &sim.instance_id,
+        "--endpoint",
+        &endpoint,
+    ];
+    let (code, out, err) = binary(dir.path(), Some(&sim), &run).await;
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        !plays_on_a_terminal(&out) && !plays_on_a_terminal(&err),
+        "{out:?}{err:?}"
+    );
+    let (code, out, err) = binary(dir.path(), None, &["status", "--ledger", "l.sqlite"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(!plays_on_a_terminal(&out), "{out:?}");
+
+    // The server's words: a fatal code and a message full of sequences halt a run.
+    let body = r#"{"Code":"Forbidden\u001b]0;pwned\u0007","Message":"\u001b[2J\r  every device registered","RequestId":"R\u001b[1A"}"#;
+    let evil = RawServer::start(
+        format!(
+            "HTTP/1.1 403 Forbidden\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes(),
+    );
+    let endpoint = evil.endpoint();
+    let good = devices_csv(dir.path(), "good", 2);
+    let (code, out, err) = binary(
+        dir.path(),
+        Some(&sim),
+        &[
+            "register",
+            good.to_str().unwrap(),
+            "--ledger",
+            "evil.sqlite",
+            "--instance-id",
+            &sim.instance_id,
+            "--endpoint",
+            &endpoint,
+        ],
+    )
+    .await;
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(
+        out.contains("HALTED") || err.contains("HALTED"),
+        "{out}{err}"
+    );
+    assert!(
+        !plays_on_a_terminal(&out) && !plays_on_a_terminal(&err),
+        "{out:?}{err:?}"
+    );
+    let (_, out, err) = binary(dir.path(), None, &["status", "--ledger", "evil.sqlite"]).await;
+    assert!(
+        !plays_on_a_terminal(&out) && !plays_on_a_terminal(&err),
+        "{out:?}{err:?}"
+    );
+    let (code, out, err) = binary(
+        dir.path(),
+        Some(&sim),
+        &[
+            "ca",
+            "register-code",
+            "--instance-id",
+            &sim.instance_id,
+            "--endpoint",
+            &endpoint,
+        ],
+    )
+    .await;
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(
+        err.contains("error: GetRegisterCode: Forbidden\\u{1b}"),
+        "{err}"
+    );
+    assert!(
+        !plays_on_a_terminal(&out) && !plays_on_a_terminal(&err),
+        "{out:?}{err:?}"
+    );
+}

@@ -84,6 +84,21 @@ impl Endpoint {
     }
 }
 
+impl Endpoint {
+    /// Whether the calls stay on this machine (the simulator): such calls never go through a
+    /// proxy, which would carry them, signed and in clear, off it.
+    pub fn is_loopback(&self) -> bool {
+        let host = match self.host_header.strip_prefix('[') {
+            Some(rest) => rest.split(']').next().unwrap_or(rest),
+            None => self
+                .host_header
+                .rsplit_once(':')
+                .map_or(self.host_header.as_str(), |(host, _)| host),
+        };
+        is_loopback(host)
+    }
+}
+
 fn is_loopback(host: &str) -> bool {
     let bare = host.trim_start_matches('[').trim_end_matches(']');
     host == "localhost" || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
@@ -110,7 +125,13 @@ mod tests {
             ("http://127.0.0.1:8080/", "127.0.0.1:8080")
         );
         assert!(Endpoint::parse("http://localhost:1").is_ok());
-        assert!(Endpoint::parse("http://[::1]:1").is_ok());
+        assert!(Endpoint::parse("http://[::1]:1").unwrap().is_loopback());
+        assert!(Endpoint::parse("127.0.0.1").unwrap().is_loopback());
+        assert!(
+            !Endpoint::parse("https://onsmqtt.example.com:443")
+                .unwrap()
+                .is_loopback()
+        );
         assert!(matches!(
             Endpoint::parse("http://10.0.0.1:80"),
             Err(EndpointError::InsecureHttp(_))

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::ledger::{ErrorGroup, ItemState, Ledger, LedgerError, RunRecord};
+use crate::terminal::escape;
 
 /// Counts per state and errors of one operation of a ledger.
 #[derive(Debug, Clone, Serialize)]
@@ -51,15 +52,19 @@ impl OperationStatus {
         if !self.errors.is_empty() {
             out.push_str("  errors by code:\n");
             for e in &self.errors {
+                // Codes, examples and messages come from the input and the server: escaped.
                 out.push_str(&format!(
                     "    {} ×{}, e.g. {}",
-                    e.code, e.count, e.example_target
+                    escape(&e.code),
+                    e.count,
+                    escape(&e.example_target)
                 ));
                 if let Some(id) = &e.example_request_id {
-                    out.push_str(&format!(" (RequestId {id})"));
+                    out.push_str(&format!(" (RequestId {})", escape(id)));
                 }
                 if let Some(m) = &e.message {
-                    out.push_str(&format!(": {}", m.chars().take(160).collect::<String>()));
+                    let m: String = m.chars().take(160).collect();
+                    out.push_str(&format!(": {}", escape(&m)));
                 }
                 out.push('\n');
             }
@@ -93,9 +98,13 @@ impl LedgerStatus {
     }
 
     pub fn render(&self) -> String {
-        let mut out = format!("ledger {} (instance {})\n", self.ledger, self.instance_id);
+        let mut out = format!(
+            "ledger {} (instance {})\n",
+            escape(&self.ledger),
+            escape(&self.instance_id)
+        );
         for op in &self.operations {
-            out.push_str(&format!("{}:\n", op.operation));
+            out.push_str(&format!("{}:\n", escape(&op.operation)));
             out.push_str(&op.render());
         }
         match &self.last_run {
