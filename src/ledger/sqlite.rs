@@ -661,19 +661,30 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// Closes the file with its write-ahead log folded into it and emptied, so the file alone
-    /// holds everything (a copy of it after a clean exit is a whole ledger).
+    /// Closes the file with its write-ahead log folded into it, so the file alone holds
+    /// everything (a copy of it after a clean exit is a whole ledger). When no other process has
+    /// it open, it is left in rollback-journal mode with no side file at all, which a read-only
+    /// inspection can open even in a directory it may not write (a WAL database needs its
+    /// `-shm` there); the next run turns WAL on again.
     pub(super) async fn close(self) {
-        if !self.read_only
-            && let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+        if !self.read_only {
+            // Leaving WAL needs the only connection: with a reader beside it, SQLite answers
+            // SQLITE_BUSY at once, and the log is checkpointed and emptied instead.
+            let left_wal = sqlx::query("PRAGMA journal_mode = DELETE")
                 .execute(&self.pool)
                 .await
-        {
-            tracing::warn!(
-                "ledger {}: checkpoint at close failed: {}",
-                self.path,
-                describe(&e)
-            );
+                .is_ok();
+            if !left_wal
+                && let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                    .execute(&self.pool)
+                    .await
+            {
+                tracing::warn!(
+                    "ledger {}: checkpoint at close failed: {}",
+                    self.path,
+                    describe(&e)
+                );
+            }
         }
         self.pool.close().await;
     }
