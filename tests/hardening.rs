@@ -843,3 +843,68 @@ async fn cleared_secrets_do_not_linger_in_the_ledger_file() {
         .count();
     assert_eq!(kept, 30, "the current secrets are kept");
 }
+
+/// Item 7: `export --failures` as CSV (read by people in a spreadsheet) never holds a cell a
+/// spreadsheet would evaluate; the JSON export keeps the values as they were.
+#[tokio::test]
+async fn a_failures_csv_holds_no_formula() {
+    let sim = simulator(fast()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("formulas.csv");
+    std::fs::write(
+        &csv,
+        "client_id\nGID_test@@@fine-1\n\"=HYPERLINK(\"\"http://evil.example/\"\",\"\"click\"\")\"\n\"+cmd|' /C calc'!A0\"\n@SUM(1+1)\n-2+3\n\"\t=1\"\n",
+    )
+    .unwrap();
+    assert_eq!(
+        bulk(dir.path(), &sim, "register", &csv, "l.sqlite").await,
+        1
+    );
+    let (code, _, err) = binary(
+        dir.path(),
+        None,
+        &[
+            "export",
+            "--failures",
+            "--ledger",
+            "l.sqlite",
+            "--out",
+            "failures.csv",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let text = std::fs::read_to_string(dir.path().join("failures.csv")).unwrap();
+    let mut reader = csv::Reader::from_reader(text.as_bytes());
+    let mut rows = 0;
+    for record in reader.records() {
+        let record = record.unwrap();
+        rows += 1;
+        for cell in record.iter() {
+            assert!(
+                !cell.starts_with(['=', '+', '-', '@', '\t', '\r']),
+                "a formula cell: {cell:?} in {text}"
+            );
+        }
+    }
+    assert_eq!(rows, 5, "{text}");
+    assert!(text.contains("'=HYPERLINK"), "{text}");
+    let (code, json, err) = binary(
+        dir.path(),
+        None,
+        &[
+            "export",
+            "--failures",
+            "--ledger",
+            "l.sqlite",
+            "--format",
+            "json",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        json.contains("\"=HYPERLINK("),
+        "JSON keeps the value: {json}"
+    );
+}

@@ -9,6 +9,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use super::formula;
 use crate::api::mqtt;
 use crate::cli::ExportFormat;
 use crate::ledger::{Ledger, LedgerError, Opener, Replacement};
@@ -335,6 +336,14 @@ pub async fn export_failures(
 ) -> anyhow::Result<u64> {
     let (destination, out) = Destination::open(out)?;
     let mut w = RowWriter::new(out, format)?;
+    // A CSV of failures is read by people in a spreadsheet: what came from the input or the
+    // server is made inert (JSON is for programs; the spreadsheet's cells are text already).
+    let cell = |text: &'_ str| -> String {
+        match format {
+            ExportFormat::Csv => formula::inert(text).into_owned(),
+            _ => text.to_owned(),
+        }
+    };
     let (mut cursor, mut n) = (0i64, 0u64);
     loop {
         let page = ledger.rejects_page(operation, cursor, PAGE).await?;
@@ -342,12 +351,12 @@ pub async fn export_failures(
         cursor = last.0;
         for (_, file, line, raw, reason) in &page {
             w.write(&FailureRow {
-                file,
+                file: &cell(file),
                 line: *line,
-                client_id: raw,
+                client_id: &cell(raw),
                 state: "invalid",
                 code: "InvalidInput",
-                message: reason,
+                message: &cell(reason),
                 request_id: "",
             })?;
             n += 1;
@@ -361,13 +370,13 @@ pub async fn export_failures(
         cursor = last.id;
         for r in &page {
             w.write(&FailureRow {
-                file: &r.file,
+                file: &cell(&r.file),
                 line: r.line,
-                client_id: &r.target,
+                client_id: &cell(&r.target),
                 state: &r.state,
-                code: r.code.as_deref().unwrap_or(""),
-                message: r.message.as_deref().unwrap_or(""),
-                request_id: r.request_id.as_deref().unwrap_or(""),
+                code: &cell(r.code.as_deref().unwrap_or("")),
+                message: &cell(r.message.as_deref().unwrap_or("")),
+                request_id: &cell(r.request_id.as_deref().unwrap_or("")),
             })?;
             n += 1;
         }
