@@ -908,3 +908,114 @@ async fn a_failures_csv_holds_no_formula() {
         "JSON keeps the value: {json}"
     );
 }
+
+/// This machine's address on its network, if it has one (no packet is sent: a UDP socket only
+/// learns which source address a route would use).
+fn non_loopback_address() -> Option<std::net::IpAddr> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    socket.connect("192.0.2.1:9").ok()?;
+    let ip = socket.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+}
+
+async fn get_status(url: String) -> u16 {
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    client.get(url).send().await.unwrap().status().as_u16()
+}
+
+/// Item 9: `/__sim/*` (the registry, every secret in it) is served to loopback clients only,
+/// and `simulate` warns when it listens beyond loopback.
+#[tokio::test]
+async fn the_simulators_introspection_is_for_loopback_clients_only() {
+    let Some(own) = non_loopback_address() else {
+        eprintln!("no non-loopback address on this machine; skipped");
+        return;
+    };
+    let sim = simulator(SimConfig {
+        listen: "0.0.0.0:0".parse().unwrap(),
+        ..fast()
+    })
+    .await;
+    let port = sim.addr.port();
+    for path in ["/__sim/credentials", "/__sim/stats"] {
+        assert_eq!(
+            get_status(format!("http://{own}:{port}{path}")).await,
+            403,
+            "{path}"
+        );
+        assert_eq!(
+            get_status(format!("http://127.0.0.1:{port}{path}")).await,
+            200,
+            "{path}"
+        );
+    }
+
+    let mut child = std::process::Command::new(BIN)
+        .args(["simulate", "--listen", "0.0.0.0:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    child.kill().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(line.contains("simulator listening"), "{line}");
+    assert!(
+        err.contains("warning: the simulator listens on 0.0.0.0"),
+        "{err}"
+    );
+}
+
+/// Item 9: a connection that sends nothing, or half a header, is closed after the header
+/// timeout; past the connection cap, a new client waits for a slot and is then served.
+#[tokio::test]
+async fn the_simulator_closes_silent_connections_and_caps_them() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let timeout = std::time::Duration::from_millis(600);
+    let sim = simulator(SimConfig {
+        header_timeout: timeout,
+        max_connections: 4,
+        ..fast()
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let mut silent = Vec::new();
+    for i in 0..4 {
+        let mut c = tokio::net::TcpStream::connect(sim.addr).await.unwrap();
+        if i % 2 == 1 {
+            c.write_all(b"GET /__sim/stats HTTP/1.1\r\nhost: x\r\n")
+                .await
+                .unwrap();
+        }
+        silent.push(c);
+    }
+    // A fifth client, past the cap: served once a silent one was closed.
+    let url = format!("http://{}/__sim/stats", sim.addr);
+    let stats = tokio::spawn(async move { (get_status(url).await, started.elapsed()) });
+    for mut c in silent {
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(std::time::Duration::from_secs(5), c.read(&mut buf))
+            .await
+            .expect("the silent connection was closed");
+        assert!(
+            matches!(read, Ok(0) | Err(_)) || buf.starts_with(b"HTTP/1.1 408"),
+            "closed without an answer, or with 408: {read:?}"
+        );
+    }
+    let (status, served_after) = stats.await.unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        served_after >= timeout.mul_f64(0.8),
+        "the fifth waited for a slot: served after {served_after:?}"
+    );
+    assert!(
+        served_after < std::time::Duration::from_secs(5),
+        "{served_after:?}"
+    );
+}

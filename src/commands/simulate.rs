@@ -17,6 +17,12 @@ pub async fn run(config: SimConfig, context: &RunContext) -> Result<ExitCode, Fa
             config.listen
         ))
     })?;
+    if !handle.addr.ip().is_loopback() {
+        eprintln!(
+            "warning: the simulator listens on {}, reachable from other machines: it speaks plain http and accepts whoever holds its keys (the rehearsal pair unless --access-key is given); /__sim/ stays loopback-only",
+            handle.addr
+        );
+    }
     println!(
         "simulator listening on {} (instance {}, access key id {})",
         handle.endpoint(),
