@@ -1019,3 +1019,49 @@ async fn the_simulator_closes_silent_connections_and_caps_them() {
         "{served_after:?}"
     );
 }
+
+/// A server that accepts connections and never answers.
+fn hanging_server() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming() {
+            held.push(stream);
+        }
+    });
+    port
+}
+
+/// Item 8: the single-call commands honour the first Ctrl-C: exit 130 at once, even while a
+/// call hangs.
+#[tokio::test]
+async fn single_calls_stop_on_the_first_interrupt() {
+    let endpoint = format!("http://127.0.0.1:{}", hanging_server());
+    let dir = tempfile::tempdir().unwrap();
+    for command in [
+        &["ca", "register-code"][..],
+        &["cert", "list", "--out", "certs.csv"][..],
+    ] {
+        let mut child = std::process::Command::new(BIN)
+            .args(command)
+            .args(["--instance-id", "MQTT_TEST", "--endpoint", &endpoint])
+            .current_dir(dir.path())
+            .env("ALIBABA_CLOUD_ACCESS_KEY_ID", "LTAI-hardening")
+            .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", "the-secret")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+        assert!(child.try_wait().unwrap().is_none(), "{command:?} still waits");
+        let sent = std::time::Instant::now();
+        // SAFETY: a child of this process, still running.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+        let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(out.status.code(), Some(130), "{command:?}");
+        assert!(sent.elapsed() < std::time::Duration::from_secs(2), "{command:?}");
+        assert!(!dir.path().join("certs.csv").exists(), "no half list in place");
+    }
+}
