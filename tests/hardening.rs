@@ -1053,7 +1053,10 @@ async fn single_calls_stop_on_the_first_interrupt() {
             .spawn()
             .unwrap();
         tokio::time::sleep(std::time::Duration::from_millis(400)).await;
-        assert!(child.try_wait().unwrap().is_none(), "{command:?} still waits");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "{command:?} still waits"
+        );
         let sent = std::time::Instant::now();
         // SAFETY: a child of this process, still running.
         assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
@@ -1061,7 +1064,86 @@ async fn single_calls_stop_on_the_first_interrupt() {
             .await
             .unwrap();
         assert_eq!(out.status.code(), Some(130), "{command:?}");
-        assert!(sent.elapsed() < std::time::Duration::from_secs(2), "{command:?}");
-        assert!(!dir.path().join("certs.csv").exists(), "no half list in place");
+        assert!(
+            sent.elapsed() < std::time::Duration::from_secs(2),
+            "{command:?}"
+        );
+        assert!(
+            !dir.path().join("certs.csv").exists(),
+            "no half list in place"
+        );
     }
+}
+
+/// Item 11: an endpoint with a user name and password, a path or a query is refused before
+/// anything is written (no ledger, so no run history keeps it) and the password is not
+/// repeated; a progress interval too small to pace anything is refused, not a panic.
+#[tokio::test]
+async fn endpoints_with_userinfo_and_absurd_intervals_are_refused() {
+    let sim = simulator(fast()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let csv = devices_csv(dir.path(), "small", 2);
+    let port = sim.addr.port();
+    for endpoint in [
+        format!("http://user:hunter2@127.0.0.1:{port}"),
+        format!("http://127.0.0.1:{port}/path"),
+        format!("http://127.0.0.1:{port}/?Action=x"),
+    ] {
+        let (code, out, err) = binary(
+            dir.path(),
+            Some(&sim),
+            &[
+                "register",
+                csv.to_str().unwrap(),
+                "--ledger",
+                "l.sqlite",
+                "--instance-id",
+                &sim.instance_id,
+                "--endpoint",
+                &endpoint,
+            ],
+        )
+        .await;
+        assert_eq!(code, 2, "{endpoint}: {out}{err}");
+        assert!(
+            !err.contains("hunter2") && !out.contains("hunter2"),
+            "{err}"
+        );
+        assert!(err.contains("--endpoint"), "{err}");
+        assert!(!dir.path().join("l.sqlite").exists(), "{endpoint}");
+    }
+    let (code, _, err) = binary_env(
+        dir.path(),
+        Some(&sim),
+        &["ca", "register-code", "--instance-id", &sim.instance_id],
+        &[(
+            "MQTT_PROVISION_ENDPOINT",
+            &format!("http://u:hunter2@127.0.0.1:{port}"),
+        )],
+    )
+    .await;
+    assert_eq!(code, 2, "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+
+    let endpoint = sim.endpoint();
+    let (code, _, err) = binary(
+        dir.path(),
+        Some(&sim),
+        &[
+            "register",
+            csv.to_str().unwrap(),
+            "--ledger",
+            "l.sqlite",
+            "--instance-id",
+            &sim.instance_id,
+            "--endpoint",
+            &endpoint,
+            "--json",
+            "--progress-interval",
+            "1e-10",
+        ],
+    )
+    .await;
+    assert_eq!(code, 2, "{err}");
+    assert!(!err.contains("panicked"), "{err}");
 }
