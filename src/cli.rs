@@ -295,7 +295,7 @@ pub struct ApiArgs {
     #[arg(long, env = "MQTT_PROVISION_REGION")]
     pub region: Option<String>,
     /// Endpoint URL, overriding --region (plain http only to a loopback host).
-    #[arg(long, value_name = "URL", value_parser = parse_endpoint, env = "MQTT_PROVISION_ENDPOINT")]
+    #[arg(long, value_name = "URL", value_parser = EndpointParser, env = "MQTT_PROVISION_ENDPOINT")]
     pub endpoint: Option<Endpoint>,
     /// Signature version.
     #[arg(long, value_enum, default_value_t = SignatureVersion::V3, env = "MQTT_PROVISION_SIGNATURE")]
@@ -431,8 +431,32 @@ fn parse_ledger(raw: &str) -> Result<LedgerLocation, String> {
     LedgerLocation::parse(std::path::Path::new(raw)).map_err(|e| e.to_string())
 }
 
-fn parse_endpoint(raw: &str) -> Result<Endpoint, String> {
-    Endpoint::parse(raw).map_err(|e| e.to_string())
+/// `--endpoint`: clap's own message would repeat the value, and with it a password the URL
+/// may carry; this one says only what [`Endpoint::parse`] says (which hides it).
+#[derive(Clone)]
+struct EndpointParser;
+
+impl clap::builder::TypedValueParser for EndpointParser {
+    type Value = Endpoint;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<Endpoint, clap::Error> {
+        let fail = |message: String| {
+            clap::Error::raw(
+                clap::error::ErrorKind::ValueValidation,
+                format!("invalid --endpoint: {message}\n"),
+            )
+            .with_cmd(cmd)
+        };
+        let raw = value
+            .to_str()
+            .ok_or_else(|| fail("it is not UTF-8".into()))?;
+        Endpoint::parse(raw).map_err(|e| fail(e.to_string()))
+    }
 }
 
 /// Seconds as a positive number below a day, at least `min`.

@@ -15,7 +15,7 @@ use super::actions::*;
 use super::clock::{self, ServiceClock};
 use super::credentials::AccessKey;
 use super::endpoint::Endpoint;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorClass};
 use super::request::Request;
 use super::sign::{self, SignatureVersion};
 
@@ -185,11 +185,21 @@ impl OnsMqttClient {
     pub fn new(config: ClientConfig, key: AccessKey) -> Result<Self, reqwest::Error> {
         // No idle-connection cap: below the concurrency it would churn connections
         // (crates.md §3.2); the dispatcher's semaphore is the cap.
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        // HTTP(S)_PROXY, ALL_PROXY and NO_PROXY are honoured on the way to the service, never
+        // to a loopback endpoint: a proxy would carry the signed call, STS token included, in
+        // clear, and the simulator is on this machine anyway.
+        if config.endpoint.is_loopback() {
+            builder = builder.no_proxy();
+        }
+        let http = builder
             .connect_timeout(config.connect_timeout)
             .read_timeout(config.read_timeout)
             .timeout(config.connect_timeout + config.read_timeout)
             .pool_idle_timeout(Duration::from_secs(60))
+            // The gateway never redirects; a redirect followed would carry the signed headers
+            // (x-acs-security-token, x-acs-accesskey-id) to wherever it points.
+            .redirect(reqwest::redirect::Policy::none())
             .local_address(config.source_address)
             .tcp_nodelay(true)
             .build()?;
@@ -283,7 +293,23 @@ impl OnsMqttClient {
             .filter(|&ms| ms > 0);
         let header_request_id = header("x-acs-request-id");
         self.config.clock.observe(header("date").as_deref());
-        let body = response.bytes().await.map_err(transport_error)?;
+        if (300..400).contains(&status) {
+            let location = header("location").map_or_else(
+                || "nowhere (no Location)".to_owned(),
+                |l| without_query(&l).to_owned(),
+            );
+            return Err(ApiError {
+                class: ErrorClass::Fatal,
+                status: Some(status),
+                code: "Redirected".into(),
+                message: format!(
+                    "the endpoint redirected to {location}; the OpenAPI gateway never redirects, so it was not followed: check --endpoint"
+                ),
+                request_id: header_request_id,
+                ambiguous: false,
+            });
+        }
+        let body = read_capped(response).await?;
         tracing::trace!(
             action = action.name(),
             status,
@@ -299,7 +325,7 @@ impl OnsMqttClient {
         let message = parsed
             .message
             .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned());
-        let message = redact(message, &self.key);
+        let message = cap_message(redact(message, &self.key));
         Err(ApiError::from_response(
             status,
             code,
@@ -324,6 +350,61 @@ impl OnsMqttClient {
             err
         })
     }
+}
+
+/// The most of an answer's body that is read: OnsMqtt answers are a few hundred bytes; a larger
+/// one is not the gateway's (20 devices of endless bodies made an 84 MB ledger).
+pub const MAX_RESPONSE_BYTES: usize = 1 << 20;
+
+/// The most of a server's `Message` that is kept (it reaches the ledger and the report).
+pub const MAX_MESSAGE_BYTES: usize = 1024;
+
+/// Reads the body up to [`MAX_RESPONSE_BYTES`], refusing the rest.
+async fn read_capped(mut response: reqwest::Response) -> Result<bytes::Bytes, ApiError> {
+    let status = response.status().as_u16();
+    if response
+        .content_length()
+        .is_some_and(|n| n > MAX_RESPONSE_BYTES as u64)
+    {
+        return Err(too_large(status));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(transport_error)? {
+        if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+            return Err(too_large(status));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.into())
+}
+
+fn too_large(status: u16) -> ApiError {
+    // Whatever the call did, its answer is lost: reconciled like any lost answer.
+    let mut err = ApiError::transport(
+        "Response.TooLarge",
+        format!("the answer's body exceeds {MAX_RESPONSE_BYTES} bytes; it was not read"),
+        true,
+    );
+    err.status = Some(status);
+    err
+}
+
+/// A message cut to [`MAX_MESSAGE_BYTES`] on a character boundary.
+fn cap_message(mut message: String) -> String {
+    if message.len() > MAX_MESSAGE_BYTES {
+        let mut end = MAX_MESSAGE_BYTES;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push('…');
+    }
+    message
+}
+
+/// A URL without its query or fragment (a redirect may echo the signed query).
+fn without_query(url: &str) -> &str {
+    url.split(['?', '#']).next().unwrap_or(url)
 }
 
 /// Removes the STS token from a server message. The gateway's `SignatureDoesNotMatch` echoes the

@@ -140,6 +140,7 @@ pub async fn run(plan: BulkPlan, context: &RunContext) -> Result<ExitCode, Failu
             exit_code: code.code(),
             resume: None,
         });
+        close(ledger).await;
         return Ok(code);
     };
     if let Some(yes) = plan.confirm
@@ -236,7 +237,17 @@ pub async fn run(plan: BulkPlan, context: &RunContext) -> Result<ExitCode, Failu
         tracing::warn!("could not record the run's end: {e}");
     }
     access.close().await;
+    close(ledger).await;
     Ok(code)
+}
+
+/// A clean exit checkpoints the ledger: its file alone then holds the whole run (a copy of it
+/// is a backup). The pipeline's tasks have ended, so the ledger has no other owner left.
+async fn close(ledger: Arc<Ledger>) {
+    match Arc::try_unwrap(ledger) {
+        Ok(ledger) => ledger.close().await,
+        Err(_) => tracing::warn!("the ledger is still shared at exit: not checkpointed"),
+    }
 }
 
 /// Asks before a destructive run: `--yes`, or a typed "yes" on a terminal; otherwise refuses.

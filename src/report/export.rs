@@ -1,26 +1,45 @@
 //! `export`: credentials (with the derived MQTT login) or failures, as CSV, a JSON array or a
 //! spreadsheet, streamed page by page from the ledger. Export files hold
-//! DeviceAccessKeySecrets, so they are created 0600; this is the only place besides the ledger
-//! that writes a device secret, and the only one that opens a sealed one.
+//! DeviceAccessKeySecrets, so they are written to a fresh 0600 file renamed over the target once
+//! whole (never an existing file's mode, never through a link); this is the only place besides
+//! the ledger that writes a device secret, and the only one that opens a sealed one.
 
 use std::io::Write;
 use std::path::Path;
 
 use serde::Serialize;
 
+use super::formula;
 use crate::api::mqtt;
 use crate::cli::ExportFormat;
-use crate::ledger::{Ledger, LedgerError, Opener, create_private};
+use crate::ledger::{Ledger, LedgerError, Opener, Replacement};
 use crate::secret::Secret;
 
-/// Opens the export destination: a new 0600 file, or standard output.
-fn destination(out: Option<&Path>) -> std::io::Result<Box<dyn Write>> {
-    let Some(out) = out else {
-        return Ok(Box::new(std::io::BufWriter::new(std::io::stdout().lock())));
-    };
-    let file = create_private(out)?;
-    file.set_len(0)?;
-    Ok(Box::new(std::io::BufWriter::new(file)))
+/// Where an export goes: standard output, or a file that appears only once it is whole.
+struct Destination(Option<Replacement>);
+
+impl Destination {
+    /// Opens the destination and the writer its rows go through.
+    fn open(out: Option<&Path>) -> std::io::Result<(Destination, Box<dyn Write>)> {
+        let Some(out) = out else {
+            let stdout = std::io::BufWriter::new(std::io::stdout().lock());
+            return Ok((Destination(None), Box::new(stdout)));
+        };
+        let replacement = Replacement::create(out)?;
+        let file = replacement.file().try_clone()?;
+        Ok((
+            Destination(Some(replacement)),
+            Box::new(std::io::BufWriter::new(file)),
+        ))
+    }
+
+    /// Puts a complete file in place (the writer was flushed by `RowWriter::finish`).
+    fn commit(self) -> std::io::Result<()> {
+        match self.0 {
+            Some(replacement) => replacement.commit(),
+            None => Ok(()),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -243,7 +262,8 @@ pub async fn export_current(
     if let Some(first) = page.first() {
         unsealer.open(ledger, &first.secret)?;
     }
-    let mut w = RowWriter::new(destination(out)?, format)?;
+    let (destination, out) = Destination::open(out)?;
+    let mut w = RowWriter::new(out, format)?;
     let (mut n, mut exported) = (0u64, Vec::new());
     while let Some(last) = page.last() {
         let cursor = last.cursor;
@@ -264,6 +284,7 @@ pub async fn export_current(
         page = ledger.current_page(states, cursor, PAGE).await?;
     }
     w.finish()?;
+    destination.commit()?;
     ledger.mark_current_exported(&exported).await?;
     Ok(n)
 }
@@ -279,7 +300,8 @@ pub async fn export_credentials(
     identity: Option<&Path>,
 ) -> anyhow::Result<u64> {
     let unsealer = Unsealer::new(ledger, identity)?;
-    let mut w = RowWriter::new(destination(out)?, format)?;
+    let (destination, out) = Destination::open(out)?;
+    let mut w = RowWriter::new(out, format)?;
     let (mut cursor, mut n) = (0i64, 0u64);
     let mut exported = Vec::new();
     loop {
@@ -299,6 +321,7 @@ pub async fn export_credentials(
         }
     }
     w.finish()?;
+    destination.commit()?;
     // Only once the file is complete: a rotated row's previous secret is no longer needed.
     ledger.mark_exported(operation, &exported).await?;
     Ok(n)
@@ -311,7 +334,16 @@ pub async fn export_failures(
     out: Option<&Path>,
     format: ExportFormat,
 ) -> anyhow::Result<u64> {
-    let mut w = RowWriter::new(destination(out)?, format)?;
+    let (destination, out) = Destination::open(out)?;
+    let mut w = RowWriter::new(out, format)?;
+    // A CSV of failures is read by people in a spreadsheet: what came from the input or the
+    // server is made inert (JSON is for programs; the spreadsheet's cells are text already).
+    let cell = |text: &'_ str| -> String {
+        match format {
+            ExportFormat::Csv => formula::inert(text).into_owned(),
+            _ => text.to_owned(),
+        }
+    };
     let (mut cursor, mut n) = (0i64, 0u64);
     loop {
         let page = ledger.rejects_page(operation, cursor, PAGE).await?;
@@ -319,12 +351,12 @@ pub async fn export_failures(
         cursor = last.0;
         for (_, file, line, raw, reason) in &page {
             w.write(&FailureRow {
-                file,
+                file: &cell(file),
                 line: *line,
-                client_id: raw,
+                client_id: &cell(raw),
                 state: "invalid",
                 code: "InvalidInput",
-                message: reason,
+                message: &cell(reason),
                 request_id: "",
             })?;
             n += 1;
@@ -338,17 +370,18 @@ pub async fn export_failures(
         cursor = last.id;
         for r in &page {
             w.write(&FailureRow {
-                file: &r.file,
+                file: &cell(&r.file),
                 line: r.line,
-                client_id: &r.target,
+                client_id: &cell(&r.target),
                 state: &r.state,
-                code: r.code.as_deref().unwrap_or(""),
-                message: r.message.as_deref().unwrap_or(""),
-                request_id: r.request_id.as_deref().unwrap_or(""),
+                code: &cell(r.code.as_deref().unwrap_or("")),
+                message: &cell(r.message.as_deref().unwrap_or("")),
+                request_id: &cell(r.request_id.as_deref().unwrap_or("")),
             })?;
             n += 1;
         }
     }
     w.finish()?;
+    destination.commit()?;
     Ok(n)
 }

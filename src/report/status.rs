@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::ledger::{ErrorGroup, ItemState, Ledger, LedgerError, RunRecord};
+use crate::terminal::escape;
 
 /// Counts per state and errors of one operation of a ledger.
 #[derive(Debug, Clone, Serialize)]
@@ -62,12 +63,18 @@ impl OperationStatus {
                 let groups: Vec<&ErrorGroup> =
                     self.errors.iter().filter(|e| e.code == code).collect();
                 if let [e] = groups[..] {
-                    out.push_str(&format!("    {} ×{}, {}\n", e.code, e.count, example(e)));
+                    out.push_str(&format!(
+                        "    {} ×{}, {}\n",
+                        escape(&e.code),
+                        e.count,
+                        example(e)
+                    ));
                     continue;
                 }
                 let total: i64 = groups.iter().map(|e| e.count).sum();
                 out.push_str(&format!(
-                    "    {code} ×{total} in all, {} kinds:\n",
+                    "    {} ×{total} in all, {} kinds:\n",
+                    escape(code),
                     groups.len()
                 ));
                 for e in groups {
@@ -80,13 +87,15 @@ impl OperationStatus {
 }
 
 /// "e.g. TARGET (RequestId …): message" of an error group, the message cut to 160 characters.
+/// Targets, RequestIds and messages come from the input and the server: escaped.
 fn example(e: &ErrorGroup) -> String {
-    let mut out = format!("e.g. {}", e.example_target);
+    let mut out = format!("e.g. {}", escape(&e.example_target));
     if let Some(id) = &e.example_request_id {
-        out.push_str(&format!(" (RequestId {id})"));
+        out.push_str(&format!(" (RequestId {})", escape(id)));
     }
     if let Some(m) = &e.message {
-        out.push_str(&format!(": {}", m.chars().take(160).collect::<String>()));
+        let m: String = m.chars().take(160).collect();
+        out.push_str(&format!(": {}", escape(&m)));
     }
     out
 }
@@ -116,9 +125,13 @@ impl LedgerStatus {
     }
 
     pub fn render(&self) -> String {
-        let mut out = format!("ledger {} (instance {})\n", self.ledger, self.instance_id);
+        let mut out = format!(
+            "ledger {} (instance {})\n",
+            escape(&self.ledger),
+            escape(&self.instance_id)
+        );
         for op in &self.operations {
-            out.push_str(&format!("{}:\n", op.operation));
+            out.push_str(&format!("{}:\n", escape(&op.operation)));
             out.push_str(&op.render());
         }
         match &self.last_run {

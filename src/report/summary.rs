@@ -5,6 +5,7 @@ use crate::events::HaltReport;
 use crate::exit::ExitCode;
 use crate::ledger::{ItemState, Ledger};
 use crate::pipeline::{Halt, Operation, RunOutcome};
+use crate::terminal::escape;
 
 use super::status::OperationStatus;
 
@@ -37,8 +38,8 @@ pub fn summary(
     let mut out = format!(
         "{} on instance {} (ledger {}):\n",
         status.operation,
-        ledger.instance_id(),
-        ledger.path()
+        escape(ledger.instance_id()),
+        escape(ledger.path())
     );
     out.push_str(&status.render());
     // A rate over less than a second says nothing (two calls are not "991.8 calls/s").
@@ -91,7 +92,8 @@ pub fn summary(
             let report = halt_report(halt);
             out.push_str(&format!(
                 "  HALTED: {}\n  {} with:\n    {resume}\n",
-                report.message, report.action
+                escape(&report.message),
+                report.action
             ))
         }
     }
