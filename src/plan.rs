@@ -291,9 +291,21 @@ pub enum ExportSelection {
         operation: Operation,
         states: Vec<ItemState>,
     },
-    /// Every target of the operation that did not succeed, and every invalid input row.
-    Failures { operation: Operation },
+    /// The targets of the operation that did not succeed, and the invalid input rows, in these
+    /// states.
+    Failures {
+        operation: Operation,
+        states: Vec<ItemState>,
+    },
 }
+
+/// The states of a target that did not succeed (what `export --failures` lists).
+pub const FAILED_STATES: [ItemState; 4] = [
+    ItemState::Invalid,
+    ItemState::Failed,
+    ItemState::Pending,
+    ItemState::NotFound,
+];
 
 /// The states in which a device holds a credential.
 pub const HOLDING_STATES: [ItemState; 4] = [
@@ -323,11 +335,24 @@ impl ExportPlan {
             )));
         }
         let selection = match (args.failures, args.operation.map(operation)) {
-            (true, operation) => ExportSelection::Failures {
-                operation: operation.unwrap_or(Operation::Register {
-                    check_existing: false,
-                }),
-            },
+            (true, operation) => {
+                if let Some(s) = args.state.iter().find(|s| !FAILED_STATES.contains(s)) {
+                    return Err(Failure::usage(anyhow!(
+                        "--failures lists targets that did not succeed; --state takes {} (without --failures for {s})",
+                        FAILED_STATES.map(|s| s.as_str()).join(", ")
+                    )));
+                }
+                ExportSelection::Failures {
+                    operation: operation.unwrap_or(Operation::Register {
+                        check_existing: false,
+                    }),
+                    states: if args.state.is_empty() {
+                        FAILED_STATES.to_vec()
+                    } else {
+                        args.state
+                    },
+                }
+            }
             (false, None) => {
                 if let Some(s) = args.state.iter().find(|s| !HOLDING_STATES.contains(s)) {
                     return Err(Failure::usage(anyhow!(

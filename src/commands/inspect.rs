@@ -55,8 +55,9 @@ pub async fn export(plan: ExportPlan) -> Result<ExitCode, Failure> {
             export::export_credentials(&ledger, name, &names(states), out, plan.format, identity)
                 .await
         }
-        ExportSelection::Failures { operation } => {
-            export::export_failures(&ledger, operation.name(), out, plan.format).await
+        ExportSelection::Failures { operation, states } => {
+            let name = operation.name();
+            export::export_failures(&ledger, name, &names(states), out, plan.format).await
         }
     };
     let written = match written {

@@ -440,6 +440,11 @@ impl Ledger {
         fn last_run() -> Option<RunRecord>;
     }
 
+    /// Whether a run (this process's or another's) holds the ledger now.
+    pub fn held_by_a_run(&self) -> bool {
+        on_store!(self, s => s.held_by_a_run())
+    }
+
     /// Whether writing to `path` would write over this ledger or one of its files (compared by
     /// device and inode, not by name).
     pub fn owns_file(&self, path: &std::path::Path) -> bool {

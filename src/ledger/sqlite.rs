@@ -689,6 +689,18 @@ impl SqliteStore {
         self.pool.close().await;
     }
 
+    /// Whether a run holds the ledger now (its lock file is locked). Reads only: a missing lock
+    /// file means no run; the probe's shared lock is let go at once.
+    pub(super) fn held_by_a_run(&self) -> bool {
+        let Ok(lock) = File::open(lock_path(Path::new(&self.path))) else {
+            return false;
+        };
+        matches!(
+            lock.try_lock_shared(),
+            Err(std::fs::TryLockError::WouldBlock)
+        )
+    }
+
     /// Whether `candidate` is this ledger's file or one of its side files (by device and inode,
     /// and by name for side files that do not exist yet).
     pub(super) fn owns_file(&self, candidate: &Path) -> bool {

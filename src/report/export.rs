@@ -152,17 +152,53 @@ impl RowWriter {
         }
     }
 
-    fn finish(self) -> std::io::Result<()> {
+    /// Ends the file. `header` is written when no row was (a CSV or sheet of no rows still
+    /// names its columns, so a reader can tell "none" from "broken").
+    fn finish(self, empty: Option<&[&str]>) -> std::io::Result<()> {
         match self {
-            RowWriter::Csv(mut w) => w.flush(),
+            RowWriter::Csv(mut w) => {
+                if let Some(header) = empty {
+                    w.write_record(header).map_err(std::io::Error::other)?;
+                }
+                w.flush()
+            }
             RowWriter::Json { mut out, .. } => {
                 out.write_all(b"\n]\n")?;
                 out.flush()
             }
-            RowWriter::Xlsx(sheet) => sheet.finish(),
+            RowWriter::Xlsx(mut sheet) => {
+                if let Some(header) = empty {
+                    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+                    sheet.put_row(0, &header)?;
+                }
+                sheet.finish()
+            }
         }
     }
 }
+
+/// The columns of a credential export (`operation` only in exports of what devices hold now).
+const CREDENTIAL_COLUMNS: [&str; 8] = [
+    "client_id",
+    "instance_id",
+    "device_access_key_id",
+    "device_access_key_secret",
+    "mqtt_username",
+    "mqtt_password",
+    "state",
+    "operation",
+];
+
+/// The columns of a failures export.
+const FAILURE_COLUMNS: [&str; 7] = [
+    "file",
+    "line",
+    "client_id",
+    "state",
+    "code",
+    "message",
+    "request_id",
+];
 
 /// An `.xlsx` workbook of one sheet whose every cell is a string (never a formula or a number),
 /// so a password beginning with `+` or `=` reaches the engineer intact.
@@ -212,25 +248,27 @@ impl Spreadsheet {
             ));
         }
         let (header, values) = Self::cells(row)?;
+        if self.next_row == 0 {
+            self.put_row(0, &header)?;
+            self.next_row = 1;
+        }
+        self.put_row(self.next_row, &values)?;
+        self.next_row += 1;
+        Ok(())
+    }
+
+    /// One row of text cells.
+    fn put_row(&mut self, row: u32, cells: &[String]) -> std::io::Result<()> {
         let text = rust_xlsxwriter::Format::new().set_num_format("@");
         let sheet = self
             .workbook
             .worksheet_from_index(0)
             .map_err(std::io::Error::other)?;
-        let mut put = |row: u32, cells: &[String]| -> std::io::Result<()> {
-            for (col, value) in cells.iter().enumerate() {
-                sheet
-                    .write_string_with_format(row, col as u16, value, &text)
-                    .map_err(std::io::Error::other)?;
-            }
-            Ok(())
-        };
-        if self.next_row == 0 {
-            put(0, &header)?;
-            self.next_row = 1;
+        for (col, value) in cells.iter().enumerate() {
+            sheet
+                .write_string_with_format(row, col as u16, value, &text)
+                .map_err(std::io::Error::other)?;
         }
-        put(self.next_row, &values)?;
-        self.next_row += 1;
         Ok(())
     }
 
@@ -283,7 +321,7 @@ pub async fn export_current(
         }
         page = ledger.current_page(states, cursor, PAGE).await?;
     }
-    w.finish()?;
+    w.finish((n == 0).then_some(&CREDENTIAL_COLUMNS[..]))?;
     destination.commit()?;
     ledger.mark_current_exported(&exported).await?;
     Ok(n)
@@ -320,7 +358,8 @@ pub async fn export_credentials(
             n += 1;
         }
     }
-    w.finish()?;
+    // An operation's rows carry no `operation` column.
+    w.finish((n == 0).then_some(&CREDENTIAL_COLUMNS[..7]))?;
     destination.commit()?;
     // Only once the file is complete: a rotated row's previous secret is no longer needed.
     ledger.mark_exported(operation, &exported).await?;
@@ -331,6 +370,7 @@ pub async fn export_credentials(
 pub async fn export_failures(
     ledger: &Ledger,
     operation: &str,
+    states: &[&str],
     out: Option<&Path>,
     format: ExportFormat,
 ) -> anyhow::Result<u64> {
@@ -345,7 +385,8 @@ pub async fn export_failures(
         }
     };
     let (mut cursor, mut n) = (0i64, 0u64);
-    loop {
+    // Rows rejected at ingest are `invalid` too.
+    while states.contains(&"invalid") {
         let page = ledger.rejects_page(operation, cursor, PAGE).await?;
         let Some(last) = page.last() else { break };
         cursor = last.0;
@@ -362,10 +403,9 @@ pub async fn export_failures(
             n += 1;
         }
     }
-    let states = ["invalid", "failed", "pending", "not_found"];
     cursor = 0;
     loop {
-        let page = ledger.export_page(operation, &states, cursor, PAGE).await?;
+        let page = ledger.export_page(operation, states, cursor, PAGE).await?;
         let Some(last) = page.last() else { break };
         cursor = last.id;
         for r in &page {
@@ -381,7 +421,36 @@ pub async fn export_failures(
             n += 1;
         }
     }
-    w.finish()?;
+    w.finish((n == 0).then_some(&FAILURE_COLUMNS[..]))?;
     destination.commit()?;
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header_of<T: Serialize>(row: &T) -> Vec<String> {
+        Spreadsheet::cells(row).unwrap().0
+    }
+
+    /// The header written for an empty export is the one a row would have written.
+    #[test]
+    fn the_empty_exports_header_is_the_rows_header() {
+        let secret = Secret::new("s".to_owned());
+        let mut row = CredentialRow::new("post-cn-x", "GID_test@@@d", "k", &secret, "registered");
+        assert_eq!(header_of(&row), CREDENTIAL_COLUMNS[..7]);
+        row.operation = Some("register");
+        assert_eq!(header_of(&row), CREDENTIAL_COLUMNS);
+        let failure = FailureRow {
+            file: "f",
+            line: 1,
+            client_id: "c",
+            state: "failed",
+            code: "X",
+            message: "m",
+            request_id: "r",
+        };
+        assert_eq!(header_of(&failure), FAILURE_COLUMNS);
+    }
 }

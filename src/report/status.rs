@@ -107,6 +107,8 @@ pub struct LedgerStatus {
     pub instance_id: String,
     pub operations: Vec<OperationStatus>,
     pub last_run: Option<RunRecord>,
+    /// A run holds the ledger now (the last run is that one, not one that died).
+    pub running: bool,
 }
 
 impl LedgerStatus {
@@ -116,11 +118,13 @@ impl LedgerStatus {
             operations.push(OperationStatus::load(ledger, &op).await?);
         }
         let last_run = ledger.last_run().await?;
+        let running = ledger.held_by_a_run();
         Ok(LedgerStatus {
             ledger: ledger.path().to_owned(),
             instance_id: ledger.instance_id().to_owned(),
             operations,
             last_run,
+            running,
         })
     }
 
@@ -143,7 +147,10 @@ impl LedgerStatus {
                 };
                 let end = match (run.finished_ms, run.exit_code) {
                     (Some(f), Some(code)) => format!("ended {} with exit code {code}", at(f)),
-                    _ => "did not finish (killed, or still running)".to_owned(),
+                    _ if self.running => "running now".to_owned(),
+                    _ => {
+                        "did not finish (killed or crashed): rerun its command to resume".to_owned()
+                    }
                 };
                 out.push_str(&format!(
                     "last run: {}, started {}, {end}\n  {}\n",
