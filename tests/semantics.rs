@@ -662,3 +662,34 @@ async fn status_tells_a_live_run_from_one_that_died() {
     let json: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(json["running"], false, "{json}");
 }
+
+#[tokio::test]
+async fn the_plan_names_pending_targets_of_other_files() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("a.csv"),
+        "client_id\nGID_lines@@@a1\nGID_lines@@@a2\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("b.csv"), "client_id\nGID_lines@@@b1\n").unwrap();
+    let run = |args: &'static [&'static str]| {
+        let dir = dir.path().to_owned();
+        async move {
+            let mut all = args.to_vec();
+            all.extend_from_slice(&["--simulate", "--ledger", "l.sqlite"]);
+            binary(&dir, None, &all).await
+        }
+    };
+    assert_eq!(run(&["register", "b.csv"]).await.0, 0);
+    // A dry run on an existing ledger ingests: a.csv's rows are pending now.
+    assert_eq!(run(&["register", "a.csv", "--dry-run"]).await.0, 0);
+    let (code, text) = run(&["register", "b.csv", "--dry-run"]).await;
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains(
+            "also pending in this ledger from other files, and sent by this run: 2 from a.csv"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("plan: 2 targets"), "{text}");
+}

@@ -438,6 +438,8 @@ impl Ledger {
         fn finish_run(run: i64, exit_code: i32, summary: &str) -> ();
         /// The newest run.
         fn last_run() -> Option<RunRecord>;
+        /// Pending targets of the operation by the file they came from.
+        fn pending_by_file(operation: &str) -> Vec<(String, i64)>;
     }
 
     /// Whether a run (this process's or another's) holds the ledger now.

@@ -501,6 +501,21 @@ impl SqliteStore {
         Ok(())
     }
 
+    pub(super) async fn pending_by_file(
+        &self,
+        operation: &str,
+    ) -> Result<Vec<(String, i64)>, LedgerError> {
+        let rows = sqlx::query(
+            "SELECT source_file, COUNT(*) FROM items WHERE operation = $1 AND state = 'pending' \
+             GROUP BY source_file ORDER BY source_file",
+        )
+        .bind(operation)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.db(e))?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
     pub(super) async fn counts(
         &self,
         operation: &str,
