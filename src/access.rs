@@ -10,6 +10,7 @@ use anyhow::anyhow;
 
 use std::sync::Arc;
 
+use crate::api::clock::ServiceClock;
 use crate::api::credentials::{self, AccessKey, CredentialProvider, CredentialSource};
 use crate::api::endpoint::DEFAULT_REGION;
 use crate::api::{ClientConfig, Endpoint, OnsMqttClient};
@@ -40,6 +41,7 @@ impl Access {
         config.signature = plan.signature;
         config.connect_timeout = plan.connect_timeout;
         config.read_timeout = plan.read_timeout;
+        config.clock = std::sync::Arc::new(ServiceClock::with_local_error(plan.clock_error_ms));
         let clients = plan
             .source_addresses
             .iter()

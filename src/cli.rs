@@ -295,11 +295,15 @@ pub struct ApiArgs {
     #[arg(long, env = "MQTT_PROVISION_REGION")]
     pub region: Option<String>,
     /// Endpoint URL, overriding --region (plain http only to a loopback host).
-    #[arg(long, value_name = "URL", value_parser = parse_endpoint, env = "MQTT_PROVISION_ENDPOINT")]
+    #[arg(long, value_name = "URL", value_parser = EndpointParser, env = "MQTT_PROVISION_ENDPOINT")]
     pub endpoint: Option<Endpoint>,
     /// Signature version.
     #[arg(long, value_enum, default_value_t = SignatureVersion::V3, env = "MQTT_PROVISION_SIGNATURE")]
     pub signature: SignatureVersion,
+    /// Tests only: sign as if the local clock were SECS off (negative: slow), to prove the
+    /// correction from the service's `Date`.
+    #[arg(long, hide = true, value_name = "SECS", allow_negative_numbers = true)]
+    pub test_clock_error: Option<i64>,
     /// Profile of ~/.aliyun/config.json, or section of ~/.alibabacloud/credentials.ini (default:
     /// ALIBABA_CLOUD_PROFILE, else the file's `current`); skips the environment's key.
     #[arg(long)]
@@ -338,9 +342,14 @@ pub struct PaceArgs {
     /// Devices in progress at once.
     #[arg(long, default_value_t = 256, value_parser = at_least_one)]
     pub concurrency: usize,
-    /// Transient failures per device before it is `failed` (throttling does not count).
+    /// Transient failures per device before it is `failed` (throttling does not count, nor
+    /// failures while the service is unreachable).
     #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_attempts: u32,
+    /// How long the service may stay unreachable before the run halts (exit 3, everything
+    /// unfinished still pending): seconds, or with a unit (`90s`, `15m`, `1h`).
+    #[arg(long, default_value = "15m", value_name = "DURATION", value_parser = parse_patience, env = "MQTT_PROVISION_OUTAGE_PATIENCE")]
+    pub outage_patience: Duration,
     /// Benchmarks only: pace with the textbook `Quota::per_second(limit)` instead.
     #[arg(long, hide = true)]
     pub textbook_pacer: bool,
@@ -423,8 +432,32 @@ fn parse_ledger(raw: &str) -> Result<LedgerLocation, String> {
     LedgerLocation::parse(std::path::Path::new(raw)).map_err(|e| e.to_string())
 }
 
-fn parse_endpoint(raw: &str) -> Result<Endpoint, String> {
-    Endpoint::parse(raw).map_err(|e| e.to_string())
+/// `--endpoint`: clap's own message would repeat the value, and with it a password the URL
+/// may carry; this one says only what [`Endpoint::parse`] says (which hides it).
+#[derive(Clone)]
+struct EndpointParser;
+
+impl clap::builder::TypedValueParser for EndpointParser {
+    type Value = Endpoint;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<Endpoint, clap::Error> {
+        let fail = |message: String| {
+            clap::Error::raw(
+                clap::error::ErrorKind::ValueValidation,
+                format!("invalid --endpoint: {message}\n"),
+            )
+            .with_cmd(cmd)
+        };
+        let raw = value
+            .to_str()
+            .ok_or_else(|| fail("it is not UTF-8".into()))?;
+        Endpoint::parse(raw).map_err(|e| fail(e.to_string()))
+    }
 }
 
 /// Seconds as a positive number below a day, at least `min`.
@@ -444,6 +477,31 @@ fn parse_timeout(raw: &str) -> Result<Duration, String> {
 /// A progress line more often than this would only flood the log.
 fn parse_progress_interval(raw: &str) -> Result<Duration, String> {
     seconds_at_least(raw, 0.1)
+}
+
+/// `900`, `90s`, `15m` or `1h`: from 1 s to a week.
+fn parse_patience(raw: &str) -> Result<Duration, String> {
+    let raw = raw.trim();
+    let (number, unit) = match raw.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((at, _)) => (&raw[..at], &raw[at..]),
+        None => (raw, "s"),
+    };
+    let scale = match unit {
+        "s" => 1.0,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        _ => f64::NAN,
+    };
+    number
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .map(|n| n * scale)
+        .filter(|s| s.is_finite() && (1.0..=604_800.0).contains(s))
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| {
+            format!("'{raw}': give a duration such as 900, 90s, 15m or 1h (1 s to a week)")
+        })
 }
 
 /// `2%` or `0.02`: a fraction below 90 %.
@@ -496,6 +554,13 @@ mod tests {
         assert_eq!(parse_timeout("2.5"), Ok(Duration::from_millis(2500)));
         assert!(parse_timeout("0").is_err() && parse_timeout("nan").is_err());
         assert!(parse_progress_interval("1e-10").is_err());
+        assert_eq!(parse_patience("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_patience("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_patience("2"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_patience("1h"), Ok(Duration::from_secs(3600)));
+        for bad in ["", "0", "15x", "-5m", "nan", "2w", "1e10"] {
+            assert!(parse_patience(bad).is_err(), "{bad}");
+        }
         assert_eq!(parse_state("not_found"), Ok(ItemState::NotFound));
         assert!(parse_state("done").unwrap_err().contains("registered"));
         assert!(parse_rate_limit("0.5").is_err());

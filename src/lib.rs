@@ -14,7 +14,8 @@
 //!   [`exit`] (the exit codes, named once), [`access`] (clients or a rehearsal simulator),
 //!   [`events`] (the `--json` NDJSON events).
 //! - the domain: [`client_id`] (ClientId rules), [`target`] (what a ledger item is about),
-//!   [`secret`] (strings that never print themselves), [`ca`] (the CA verification certificate).
+//!   [`secret`] (strings that never print themselves), [`ca`] (the CA verification certificate),
+//!   [`terminal`] (untrusted text escaped before it reaches a terminal or a plain log).
 //! - the data path: [`input`] (CSV rows), [`ingest`] (rows into the ledger), [`ledger`] (the
 //!   only source of truth of a run), [`pipeline`] (claims, pacing, calls, outcomes, writer),
 //!   [`retry`] (the one backoff policy), [`progress`] (bar or plain lines), [`report`].
@@ -46,3 +47,4 @@ pub mod run;
 pub mod secret;
 pub mod sim;
 pub mod target;
+pub mod terminal;

@@ -37,6 +37,8 @@ pub struct AccessPlan {
     pub profile: Option<String>,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
+    /// Tests only: how far the local clock is made wrong, milliseconds.
+    pub clock_error_ms: i64,
     /// One client per entry; `None` is the host's default address.
     pub source_addresses: Vec<Option<IpAddr>>,
     /// What the in-process simulator of a rehearsal starts from.
@@ -100,6 +102,7 @@ impl AccessPlan {
             profile: api.profile.clone(),
             connect_timeout: api.connect_timeout,
             read_timeout: api.read_timeout,
+            clock_error_ms: api.test_clock_error.unwrap_or(0).saturating_mul(1000),
             source_addresses,
             rehearsal: Rehearsal::default(),
         })
@@ -123,6 +126,7 @@ pub struct BulkPlan {
     pub pace: PaceConfig,
     pub concurrency: usize,
     pub max_attempts: u32,
+    pub outage_patience: Duration,
     pub progress: ProgressMode,
     /// `--json`: NDJSON events on stdout, every `progress_interval`.
     pub json: bool,
@@ -194,6 +198,7 @@ impl BulkPlan {
             pace: pace(&args.pace)?,
             concurrency: args.pace.concurrency,
             max_attempts: args.pace.max_attempts,
+            outage_patience: args.pace.outage_patience,
             progress: progress(&args.output, stderr_is_terminal),
             json: args.output.json,
             progress_interval: args.output.progress_interval,
@@ -217,6 +222,7 @@ impl BulkPlan {
             pace: self.pace,
             concurrency: self.concurrency,
             max_attempts: self.max_attempts,
+            outage_patience: self.outage_patience,
             drain_timeout: self.access.drain_timeout(),
         }
     }
@@ -285,9 +291,21 @@ pub enum ExportSelection {
         operation: Operation,
         states: Vec<ItemState>,
     },
-    /// Every target of the operation that did not succeed, and every invalid input row.
-    Failures { operation: Operation },
+    /// The targets of the operation that did not succeed, and the invalid input rows, in these
+    /// states.
+    Failures {
+        operation: Operation,
+        states: Vec<ItemState>,
+    },
 }
+
+/// The states of a target that did not succeed (what `export --failures` lists).
+pub const FAILED_STATES: [ItemState; 4] = [
+    ItemState::Invalid,
+    ItemState::Failed,
+    ItemState::Pending,
+    ItemState::NotFound,
+];
 
 /// The states in which a device holds a credential.
 pub const HOLDING_STATES: [ItemState; 4] = [
@@ -317,11 +335,24 @@ impl ExportPlan {
             )));
         }
         let selection = match (args.failures, args.operation.map(operation)) {
-            (true, operation) => ExportSelection::Failures {
-                operation: operation.unwrap_or(Operation::Register {
-                    check_existing: false,
-                }),
-            },
+            (true, operation) => {
+                if let Some(s) = args.state.iter().find(|s| !FAILED_STATES.contains(s)) {
+                    return Err(Failure::usage(anyhow!(
+                        "--failures lists targets that did not succeed; --state takes {} (without --failures for {s})",
+                        FAILED_STATES.map(|s| s.as_str()).join(", ")
+                    )));
+                }
+                ExportSelection::Failures {
+                    operation: operation.unwrap_or(Operation::Register {
+                        check_existing: false,
+                    }),
+                    states: if args.state.is_empty() {
+                        FAILED_STATES.to_vec()
+                    } else {
+                        args.state
+                    },
+                }
+            }
             (false, None) => {
                 if let Some(s) = args.state.iter().find(|s| !HOLDING_STATES.contains(s)) {
                     return Err(Failure::usage(anyhow!(

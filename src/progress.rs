@@ -36,6 +36,8 @@ pub struct Counters {
     /// Calls sent (all APIs, throttled ones included).
     pub calls: AtomicU64,
     pub throttled: AtomicU64,
+    /// Set while the service is unreachable (the circuit breaker is open).
+    pub outage: crate::pipeline::breaker::OutageView,
 }
 
 impl Counters {
@@ -88,6 +90,34 @@ pub struct Snapshot {
     pub elapsed_seconds: f64,
     /// `None` until something finished.
     pub eta_seconds: Option<f64>,
+    /// While the service is unreachable: since when, and when the next try is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outage: Option<Outage>,
+}
+
+/// The service is unreachable: calls are held, and one probe goes at `retry_in_seconds`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Outage {
+    /// RFC 3339.
+    pub since: String,
+    pub retry_in_seconds: f64,
+}
+
+impl Outage {
+    fn read(view: &crate::pipeline::breaker::OutageView) -> Option<Outage> {
+        let since = view.since_ms.load(Ordering::Relaxed);
+        if since == 0 {
+            return None;
+        }
+        let now = jiff::Timestamp::now().as_millisecond();
+        let retry_at = view.retry_at_ms.load(Ordering::Relaxed);
+        Some(Outage {
+            since: jiff::Timestamp::from_millisecond(since)
+                .map(|t| t.to_string())
+                .unwrap_or_default(),
+            retry_in_seconds: ((retry_at - now).max(0) as f64 / 1000.0).round(),
+        })
+    }
 }
 
 impl Snapshot {
@@ -113,6 +143,7 @@ impl Snapshot {
             throttled: c.throttled.load(Ordering::Relaxed),
             elapsed_seconds: elapsed,
             eta_seconds: (rate > 0.0).then(|| total.saturating_sub(done) as f64 / rate),
+            outage: Outage::read(&c.outage),
         }
     }
 
@@ -122,8 +153,22 @@ impl Snapshot {
             Some(s) if self.total > self.done => format!("{s:.0}s"),
             _ => "-".into(),
         };
+        let outage = match &self.outage {
+            Some(o) => {
+                let since = o
+                    .since
+                    .parse::<jiff::Timestamp>()
+                    .map(crate::pipeline::breaker::clock_time)
+                    .unwrap_or_default();
+                format!(
+                    "service unreachable since {since}, retrying in {:.0} s; ",
+                    o.retry_in_seconds
+                )
+            }
+            None => String::new(),
+        };
         format!(
-            "{}/{} done, {:.1} calls/s, ETA {eta}, throttled {}: {by_state}",
+            "{outage}{}/{} done, {:.1} calls/s, ETA {eta}, throttled {}: {by_state}",
             self.done, self.total, self.calls_per_second, self.throttled
         )
     }

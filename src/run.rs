@@ -97,7 +97,11 @@ pub fn main_entry() -> i32 {
         match execute(cli, &context).await {
             Ok(code) => code.code(),
             Err(failure) => {
-                eprintln!("error: {failure}");
+                // The chain may quote the input or the server: nothing in it plays on the terminal.
+                eprintln!(
+                    "error: {}",
+                    crate::terminal::escape_lines(&failure.to_string())
+                );
                 failure.code.code()
             }
         }

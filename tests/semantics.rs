@@ -542,3 +542,154 @@ async fn a_closed_pipe_ends_export_quietly_and_a_bad_path_is_a_usage_error() {
     assert_eq!(code, 2, "{text}");
     assert!(text.contains("nodir/x.csv"), "{text}");
 }
+
+#[tokio::test]
+async fn an_export_of_no_rows_names_its_columns_and_failures_take_a_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("some.csv");
+    std::fs::write(
+        &csv,
+        "client_id\nGID_lines@@@ok-1\nbad id\nGID_lines@@@ok-2\n",
+    )
+    .unwrap();
+    let (code, text) = binary(
+        dir.path(),
+        None,
+        &[
+            "register",
+            csv.to_str().unwrap(),
+            "--simulate",
+            "--ledger",
+            "l.sqlite",
+        ],
+    )
+    .await;
+    assert_eq!(code, 1, "one row is invalid: {text}");
+    let export = |args: &'static [&'static str]| {
+        let dir = dir.path().to_owned();
+        async move {
+            let mut all = vec!["export", "--ledger", "l.sqlite"];
+            all.extend_from_slice(args);
+            let out = std::process::Command::new(BIN)
+                .args(&all)
+                .current_dir(&dir)
+                .output()
+                .unwrap();
+            (
+                out.status.code().unwrap_or(-1),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        }
+    };
+    // Nothing was rotated: the file still has its header.
+    let (code, out, err) = export(&["--state", "rotated"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out,
+        "client_id,instance_id,device_access_key_id,device_access_key_secret,mqtt_username,mqtt_password,state,operation\n"
+    );
+    // --failures with --state: only that state (the invalid row is not `failed`).
+    let (code, out, err) = export(&["--failures", "--state", "failed"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "file,line,client_id,state,code,message,request_id\n");
+    let (code, out, _) = export(&["--failures", "--state", "invalid"]).await;
+    assert_eq!(code, 0);
+    assert_eq!(out.lines().count(), 2, "{out}");
+    assert!(out.contains("bad id"), "{out}");
+    // A state no failure is in is refused, saying why.
+    let (code, _, err) = export(&["--failures", "--state", "registered"]).await;
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("--failures lists targets that did not succeed"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn status_tells_a_live_run_from_one_that_died() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = devices_csv(dir.path(), "live", 400);
+    let mut run = std::process::Command::new(BIN)
+        .args([
+            "register",
+            csv.to_str().unwrap(),
+            "--simulate",
+            "--ledger",
+            "l.sqlite",
+            "--account-qps",
+            "40",
+            "--ip-qps",
+            "40",
+            "--quiet",
+        ])
+        .current_dir(dir.path())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let status = |json: bool| {
+        let dir = dir.path().to_owned();
+        async move {
+            let mut args = vec!["status", "--ledger", "l.sqlite"];
+            if json {
+                args.push("--json");
+            }
+            binary(&dir, None, &args).await
+        }
+    };
+    // Until the run has recorded itself.
+    let mut live = String::new();
+    for _ in 0..100 {
+        let (code, text) = status(false).await;
+        if code == 0 && text.contains("last run:") {
+            live = text;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(live.contains("running now"), "{live}");
+    let (_, json) = status(true).await;
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(json["running"], true, "{json}");
+    run.kill().unwrap();
+    run.wait().unwrap();
+    let (_, dead) = status(false).await;
+    assert!(
+        dead.contains("did not finish (killed or crashed)"),
+        "{dead}"
+    );
+    let (_, json) = status(true).await;
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(json["running"], false, "{json}");
+}
+
+#[tokio::test]
+async fn the_plan_names_pending_targets_of_other_files() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("a.csv"),
+        "client_id\nGID_lines@@@a1\nGID_lines@@@a2\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("b.csv"), "client_id\nGID_lines@@@b1\n").unwrap();
+    let run = |args: &'static [&'static str]| {
+        let dir = dir.path().to_owned();
+        async move {
+            let mut all = args.to_vec();
+            all.extend_from_slice(&["--simulate", "--ledger", "l.sqlite"]);
+            binary(&dir, None, &all).await
+        }
+    };
+    assert_eq!(run(&["register", "b.csv"]).await.0, 0);
+    // A dry run on an existing ledger ingests: a.csv's rows are pending now.
+    assert_eq!(run(&["register", "a.csv", "--dry-run"]).await.0, 0);
+    let (code, text) = run(&["register", "b.csv", "--dry-run"]).await;
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains(
+            "also pending in this ledger from other files, and sent by this run: 2 from a.csv"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("plan: 2 targets"), "{text}");
+}

@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 
 use super::actions::*;
+use super::clock::{self, ServiceClock};
 use super::credentials::{AccessKey, CredentialProvider, CredentialSource};
 use super::endpoint::Endpoint;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorClass};
 use super::request::Request;
 use super::sign::{self, SignatureVersion};
 
@@ -145,6 +146,8 @@ pub struct ClientConfig {
     pub read_timeout: Duration,
     /// Bind outgoing connections to this local address (one client per source IP).
     pub source_address: Option<IpAddr>,
+    /// The signing time, corrected by the service's `Date`; shared by every client of a run.
+    pub clock: Arc<ServiceClock>,
 }
 
 impl ClientConfig {
@@ -155,6 +158,7 @@ impl ClientConfig {
             connect_timeout: Duration::from_secs(5),
             read_timeout: Duration::from_secs(10),
             source_address: None,
+            clock: Arc::new(ServiceClock::default()),
         }
     }
 }
@@ -193,11 +197,21 @@ impl OnsMqttClient {
     ) -> Result<Self, reqwest::Error> {
         // No idle-connection cap: below the concurrency it would churn connections
         // (crates.md §3.2); the dispatcher's semaphore is the cap.
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        // HTTP(S)_PROXY, ALL_PROXY and NO_PROXY are honoured on the way to the service, never
+        // to a loopback endpoint: a proxy would carry the signed call, STS token included, in
+        // clear, and the simulator is on this machine anyway.
+        if config.endpoint.is_loopback() {
+            builder = builder.no_proxy();
+        }
+        let http = builder
             .connect_timeout(config.connect_timeout)
             .read_timeout(config.read_timeout)
             .timeout(config.connect_timeout + config.read_timeout)
             .pool_idle_timeout(Duration::from_secs(60))
+            // The gateway never redirects; a redirect followed would carry the signed headers
+            // (x-acs-security-token, x-acs-accesskey-id) to wherever it points.
+            .redirect(reqwest::redirect::Policy::none())
             .local_address(config.source_address)
             .tcp_nodelay(true)
             .build()?;
@@ -213,35 +227,52 @@ impl OnsMqttClient {
         self.config.source_address
     }
 
-    /// Sends one call signed with the current key. A security token the service calls expired
-    /// is renewed before the error is returned, marked [`super::ErrorClass::Renewed`]: the
-    /// caller sends the call again (it was refused before anything was applied) through its
-    /// pacing. A failed renewal is fatal, as a refused key is.
+    /// Sends one call and returns the body of a 2xx answer, signed with the key current now. A
+    /// call refused for its timestamp is signed again and resent once when that answer
+    /// corrected the clock: the gateway refused it before applying anything. A security token
+    /// the service calls expired is renewed before the error is returned, marked
+    /// [`ErrorClass::Renewed`]: the caller sends the call again through its pacing. A failed
+    /// renewal is fatal, as a refused key is.
     async fn call(
         &self,
         action: Action,
         params: &[(&str, &str)],
     ) -> Result<bytes::Bytes, ApiError> {
         let key = self.credentials.key().await.map_err(credential_failure)?;
-        match self.call_with(&key, action, params).await {
+        let clock = &self.config.clock;
+        clock.calibrated().await;
+        let (now, offset) = clock.now();
+        let answer = match self.attempt(&key, action, params, now).await {
+            Err(e)
+                if e.code.starts_with("InvalidTimeStamp")
+                    && (clock.offset_ms() - offset).unsigned_abs()
+                        > clock::TOLERANCE.as_millis() as u64 =>
+            {
+                tracing::debug!("{action}: resent with the corrected clock");
+                self.attempt(&key, action, params, clock.now().0).await
+            }
+            other => other,
+        };
+        match answer {
             Err(mut e) if e.code == EXPIRED_TOKEN && self.credentials.renewable() => {
                 self.credentials
                     .renew_after_expired(&key)
                     .await
                     .map_err(credential_failure)?;
-                e.class = super::ErrorClass::Renewed;
+                e.class = ErrorClass::Renewed;
                 Err(e)
             }
             other => other,
         }
     }
 
-    /// Sends one call signed with `key` and returns the body of a 2xx answer.
-    async fn call_with(
+    /// One request signed with `key`, timestamped `now`.
+    async fn attempt(
         &self,
         key: &AccessKey,
         action: Action,
         params: &[(&str, &str)],
+        now: jiff::Timestamp,
     ) -> Result<bytes::Bytes, ApiError> {
         let request = sign_request(
             &SigningContext {
@@ -249,7 +280,7 @@ impl OnsMqttClient {
                 version: self.config.signature,
                 endpoint: &self.config.endpoint,
                 user_agent: &self.user_agent,
-                timestamp: sign::timestamp(jiff::Timestamp::now()),
+                timestamp: sign::timestamp(now),
                 nonce: sign::new_nonce(),
             },
             action,
@@ -266,6 +297,7 @@ impl OnsMqttClient {
         }
         let started = Instant::now();
         let response = builder.send().await.map_err(|e| {
+            self.config.clock.no_answer();
             let mut error = transport_error(e);
             // "dns error" or "connection refused" alone does not say where to: name the host.
             if error.code == "Transport.Connect" {
@@ -288,7 +320,24 @@ impl OnsMqttClient {
             .and_then(|v| v.trim().parse::<u64>().ok())
             .filter(|&ms| ms > 0);
         let header_request_id = header("x-acs-request-id");
-        let body = response.bytes().await.map_err(transport_error)?;
+        self.config.clock.observe(header("date").as_deref());
+        if (300..400).contains(&status) {
+            let location = header("location").map_or_else(
+                || "nowhere (no Location)".to_owned(),
+                |l| without_query(&l).to_owned(),
+            );
+            return Err(ApiError {
+                class: ErrorClass::Fatal,
+                status: Some(status),
+                code: "Redirected".into(),
+                message: format!(
+                    "the endpoint redirected to {location}; the OpenAPI gateway never redirects, so it was not followed: check --endpoint"
+                ),
+                request_id: header_request_id,
+                ambiguous: false,
+            });
+        }
+        let body = read_capped(response).await?;
         tracing::trace!(
             action = action.name(),
             status,
@@ -304,7 +353,7 @@ impl OnsMqttClient {
         let message = parsed
             .message
             .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned());
-        let message = redact(message, key);
+        let message = cap_message(redact(message, key));
         Err(ApiError::from_response(
             status,
             code,
@@ -337,13 +386,68 @@ const EXPIRED_TOKEN: &str = "InvalidSecurityToken.Expired";
 /// Credentials that could not be had (a failed renewal): fatal, the run halts with the cause.
 fn credential_failure(e: super::credentials::CredentialError) -> ApiError {
     ApiError {
-        class: super::ErrorClass::Fatal,
+        class: ErrorClass::Fatal,
         status: None,
         code: "Credentials.Unavailable".to_owned(),
         message: e.to_string(),
         request_id: None,
         ambiguous: false,
     }
+}
+
+/// The most of an answer's body that is read: OnsMqtt answers are a few hundred bytes; a larger
+/// one is not the gateway's (20 devices of endless bodies made an 84 MB ledger).
+pub const MAX_RESPONSE_BYTES: usize = 1 << 20;
+
+/// The most of a server's `Message` that is kept (it reaches the ledger and the report).
+pub const MAX_MESSAGE_BYTES: usize = 1024;
+
+/// Reads the body up to [`MAX_RESPONSE_BYTES`], refusing the rest.
+async fn read_capped(mut response: reqwest::Response) -> Result<bytes::Bytes, ApiError> {
+    let status = response.status().as_u16();
+    if response
+        .content_length()
+        .is_some_and(|n| n > MAX_RESPONSE_BYTES as u64)
+    {
+        return Err(too_large(status));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(transport_error)? {
+        if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+            return Err(too_large(status));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.into())
+}
+
+fn too_large(status: u16) -> ApiError {
+    // Whatever the call did, its answer is lost: reconciled like any lost answer.
+    let mut err = ApiError::transport(
+        "Response.TooLarge",
+        format!("the answer's body exceeds {MAX_RESPONSE_BYTES} bytes; it was not read"),
+        true,
+    );
+    err.status = Some(status);
+    err
+}
+
+/// A message cut to [`MAX_MESSAGE_BYTES`] on a character boundary.
+fn cap_message(mut message: String) -> String {
+    if message.len() > MAX_MESSAGE_BYTES {
+        let mut end = MAX_MESSAGE_BYTES;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push('…');
+    }
+    message
+}
+
+/// A URL without its query or fragment (a redirect may echo the signed query).
+fn without_query(url: &str) -> &str {
+    url.split(['?', '#']).next().unwrap_or(url)
 }
 
 /// Removes the STS token from a server message. The gateway's `SignatureDoesNotMatch` echoes the

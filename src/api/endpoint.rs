@@ -31,6 +31,16 @@ pub enum EndpointError {
     InsecureHttp(String),
     #[error("endpoint '{0}' has scheme '{1}'; only https (and http to loopback) are supported")]
     BadScheme(String, String),
+    /// A user name or password in the URL: it would be kept wherever the endpoint is (the
+    /// ledger's run history). The endpoint is shown without it.
+    #[error(
+        "endpoint '{0}' carries a user name or password; the gateway takes none (calls are signed with the AccessKey): remove it"
+    )]
+    UserInfo(String),
+    #[error(
+        "endpoint '{0}' has a path, a query or a fragment; give only scheme://host[:port] (calls go to /)"
+    )]
+    NotJustAHost(String),
 }
 
 impl Endpoint {
@@ -47,7 +57,13 @@ impl Endpoint {
         Self::parse(&format!("https://onsmqtt.{region}.aliyuncs.com"))
     }
 
-    pub fn parse(raw: &str) -> Result<Self, EndpointError> {
+    pub fn parse(raw_given: &str) -> Result<Self, EndpointError> {
+        // Every message shows the endpoint without a user name or password in it.
+        let shown = without_userinfo(raw_given);
+        let raw = shown.as_str();
+        if shown != raw_given {
+            return Err(EndpointError::UserInfo(shown));
+        }
         let with_scheme = if raw.contains("://") {
             raw.to_owned()
         } else {
@@ -67,6 +83,12 @@ impl Endpoint {
             .host_str()
             .ok_or_else(|| EndpointError::BadUrl(raw.to_owned(), "no host".into()))?
             .to_owned();
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(EndpointError::UserInfo(raw.to_owned()));
+        }
+        if !matches!(url.path(), "" | "/") || url.query().is_some() || url.fragment().is_some() {
+            return Err(EndpointError::NotJustAHost(raw.to_owned()));
+        }
         match url.scheme() {
             "https" => {}
             "http" if is_loopback(&host) => {}
@@ -81,6 +103,34 @@ impl Endpoint {
             base: format!("{}://{host_header}/", url.scheme()),
             host_header,
         })
+    }
+}
+
+impl Endpoint {
+    /// Whether the calls stay on this machine (the simulator): such calls never go through a
+    /// proxy, which would carry them, signed and in clear, off it.
+    pub fn is_loopback(&self) -> bool {
+        let host = match self.host_header.strip_prefix('[') {
+            Some(rest) => rest.split(']').next().unwrap_or(rest),
+            None => self
+                .host_header
+                .rsplit_once(':')
+                .map_or(self.host_header.as_str(), |(host, _)| host),
+        };
+        is_loopback(host)
+    }
+}
+
+/// `raw` with anything before an `@` in its authority replaced by `…`.
+fn without_userinfo(raw: &str) -> String {
+    let (scheme, rest) = match raw.split_once("://") {
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => (String::new(), raw),
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..end].rfind('@') {
+        Some(at) => format!("{scheme}…{}", &rest[at..]),
+        None => raw.to_owned(),
     }
 }
 
@@ -110,7 +160,13 @@ mod tests {
             ("http://127.0.0.1:8080/", "127.0.0.1:8080")
         );
         assert!(Endpoint::parse("http://localhost:1").is_ok());
-        assert!(Endpoint::parse("http://[::1]:1").is_ok());
+        assert!(Endpoint::parse("http://[::1]:1").unwrap().is_loopback());
+        assert!(Endpoint::parse("127.0.0.1").unwrap().is_loopback());
+        assert!(
+            !Endpoint::parse("https://onsmqtt.example.com:443")
+                .unwrap()
+                .is_loopback()
+        );
         assert!(matches!(
             Endpoint::parse("http://10.0.0.1:80"),
             Err(EndpointError::InsecureHttp(_))
@@ -123,6 +179,32 @@ mod tests {
             Endpoint::parse("onsmqtt.example.com").unwrap().base,
             "https://onsmqtt.example.com/"
         );
+    }
+
+    #[test]
+    fn userinfo_paths_and_queries_are_refused_without_showing_a_password() {
+        for raw in [
+            "http://user:hunter2@127.0.0.1:8080",
+            "https://user:hunter2@onsmqtt.example.com",
+            "user:hunter2@127.0.0.1:1",
+            "https://:hunter2@h",
+        ] {
+            let e = Endpoint::parse(raw).unwrap_err();
+            assert!(matches!(e, EndpointError::UserInfo(_)), "{raw}: {e}");
+            assert!(!e.to_string().contains("hunter2"), "{e}");
+        }
+        for raw in [
+            "https://onsmqtt.example.com/v1",
+            "https://onsmqtt.example.com/?a=1",
+            "https://onsmqtt.example.com#x",
+            "127.0.0.1:8080/x",
+        ] {
+            assert!(
+                matches!(Endpoint::parse(raw), Err(EndpointError::NotJustAHost(_))),
+                "{raw}"
+            );
+        }
+        assert!(Endpoint::parse("https://onsmqtt.example.com/").is_ok());
     }
 
     #[test]

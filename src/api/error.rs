@@ -7,6 +7,8 @@
 
 use std::fmt;
 
+use crate::terminal::escape;
+
 /// What a caller should do with an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorClass {
@@ -108,12 +110,14 @@ impl fmt::Debug for ApiError {
 
 impl fmt::Display for ApiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Code, message and RequestId are the server's words: escaped wherever they are shown.
+        let (code, message) = (escape(&self.code), escape(&self.message));
         match self.status {
-            Some(s) => write!(f, "{} (HTTP {s}): {}", self.code, self.message)?,
-            None => write!(f, "{}: {}", self.code, self.message)?,
+            Some(s) => write!(f, "{code} (HTTP {s}): {message}")?,
+            None => write!(f, "{code}: {message}")?,
         }
         if let Some(id) = &self.request_id {
-            write!(f, " [RequestId {id}]")?;
+            write!(f, " [RequestId {}]", escape(id))?;
         }
         Ok(())
     }

@@ -7,6 +7,7 @@
 
 pub mod actions;
 pub mod client;
+pub mod clock;
 pub mod credentials;
 pub mod endpoint;
 pub mod error;

@@ -90,6 +90,24 @@ pub async fn run(plan: BulkPlan, context: &RunContext) -> Result<ExitCode, Failu
         .await
         .map_err(Failure::from)?;
     let pending = before.count(ItemState::Pending);
+    // What will be sent, file by file: pending targets of files not on this command line are
+    // sent too (an earlier run's unfinished work), and the user should know.
+    let by_file = ledger
+        .pending_by_file(operation.name())
+        .await
+        .map_err(Failure::from)?;
+    let named: Vec<String> = plan.files.iter().map(|f| f.display().to_string()).collect();
+    let others: Vec<&(String, i64)> = by_file.iter().filter(|(f, _)| !named.contains(f)).collect();
+    if !others.is_empty() {
+        let list: Vec<String> = others
+            .iter()
+            .map(|(f, n)| format!("{n} from {}", crate::terminal::escape(f)))
+            .collect();
+        events.say(&format!(
+            "also pending in this ledger from other files, and sent by this run: {}\n",
+            list.join(", ")
+        ));
+    }
     // After a destructive run is confirmed, so every `start` is followed by a `summary`.
     let start = || {
         events.emit(&Event::Start {
@@ -121,6 +139,7 @@ pub async fn run(plan: BulkPlan, context: &RunContext) -> Result<ExitCode, Failu
             &plan.pace,
             plan.sources(),
             &endpoint,
+            &by_file,
         ));
         let code = if before.count(ItemState::Invalid) > 0 {
             ExitCode::Incomplete
@@ -140,6 +159,7 @@ pub async fn run(plan: BulkPlan, context: &RunContext) -> Result<ExitCode, Failu
             exit_code: code.code(),
             resume: None,
         });
+        close(ledger).await;
         return Ok(code);
     };
     if let Some(yes) = plan.confirm
@@ -236,7 +256,17 @@ pub async fn run(plan: BulkPlan, context: &RunContext) -> Result<ExitCode, Failu
         tracing::warn!("could not record the run's end: {e}");
     }
     access.close().await;
+    close(ledger).await;
     Ok(code)
+}
+
+/// A clean exit checkpoints the ledger: its file alone then holds the whole run (a copy of it
+/// is a backup). The pipeline's tasks have ended, so the ledger has no other owner left.
+async fn close(ledger: Arc<Ledger>) {
+    match Arc::try_unwrap(ledger) {
+        Ok(ledger) => ledger.close().await,
+        Err(_) => tracing::warn!("the ledger is still shared at exit: not checkpointed"),
+    }
 }
 
 /// Asks before a destructive run: `--yes`, or a typed "yes" on a terminal; otherwise refuses.

@@ -13,7 +13,7 @@ use crate::report::status::LedgerStatus;
 use crate::target::{CertificateId, Target};
 
 pub async fn status(args: StatusArgs) -> Result<ExitCode, Failure> {
-    let ledger = Ledger::open_existing(&args.ledger.ledger)
+    let ledger = Ledger::open_read_only(&args.ledger.ledger)
         .await
         .map_err(Failure::from)?;
     let status = LedgerStatus::load(&ledger).await.map_err(Failure::from)?;
@@ -24,6 +24,7 @@ pub async fn status(args: StatusArgs) -> Result<ExitCode, Failure> {
     } else {
         print!("{}", status.render());
     }
+    ledger.close().await;
     Ok(ExitCode::Success)
 }
 
@@ -32,6 +33,15 @@ pub async fn export(plan: ExportPlan) -> Result<ExitCode, Failure> {
         .await
         .map_err(Failure::from)?;
     let out = plan.out.as_deref();
+    if let Some(path) = out
+        && ledger.owns_file(path)
+    {
+        return Err(Failure::usage(anyhow!(
+            "--out {} is the ledger {} itself (or one of its files); writing there would destroy every secret in it: choose another file",
+            path.display(),
+            ledger.path()
+        )));
+    }
     let identity = plan.identity.as_deref();
     let names = |states: &[crate::ledger::ItemState]| -> Vec<&'static str> {
         states.iter().map(|s| s.as_str()).collect()
@@ -45,8 +55,9 @@ pub async fn export(plan: ExportPlan) -> Result<ExitCode, Failure> {
             export::export_credentials(&ledger, name, &names(states), out, plan.format, identity)
                 .await
         }
-        ExportSelection::Failures { operation } => {
-            export::export_failures(&ledger, operation.name(), out, plan.format).await
+        ExportSelection::Failures { operation, states } => {
+            let name = operation.name();
+            export::export_failures(&ledger, name, &names(states), out, plan.format).await
         }
     };
     let written = match written {
@@ -86,6 +97,7 @@ pub async fn export(plan: ExportPlan) -> Result<ExitCode, Failure> {
     if let Some(path) = out {
         eprintln!("wrote {written} rows to {}", path.display());
     }
+    ledger.close().await;
     Ok(ExitCode::Success)
 }
 
@@ -104,7 +116,7 @@ pub async fn show(args: ShowArgs) -> Result<ExitCode, Failure> {
             )));
         }
     };
-    let ledger = Ledger::open_existing(&args.ledger.ledger)
+    let ledger = Ledger::open_read_only(&args.ledger.ledger)
         .await
         .map_err(Failure::from)?;
     let history = History::load(&ledger, &target)
@@ -124,6 +136,7 @@ pub async fn show(args: ShowArgs) -> Result<ExitCode, Failure> {
     } else {
         print!("{}", history.render());
     }
+    ledger.close().await;
     Ok(ExitCode::Success)
 }
 

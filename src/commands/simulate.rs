@@ -4,7 +4,7 @@
 use anyhow::{Context as _, anyhow};
 
 use crate::exit::{ExitCode, Failure};
-use crate::ledger::create_private;
+use crate::ledger::Replacement;
 use crate::run::RunContext;
 use crate::sim::{self, SimConfig};
 
@@ -17,6 +17,12 @@ pub async fn run(config: SimConfig, context: &RunContext) -> Result<ExitCode, Fa
             config.listen
         ))
     })?;
+    if !handle.addr.ip().is_loopback() {
+        eprintln!(
+            "warning: the simulator listens on {}, reachable from other machines: it speaks plain http and accepts whoever holds its keys (the rehearsal pair unless --access-key is given); /__sim/ stays loopback-only",
+            handle.addr
+        );
+    }
     println!(
         "simulator listening on {} (instance {}, access key id {})",
         handle.endpoint(),
@@ -32,12 +38,14 @@ pub async fn run(config: SimConfig, context: &RunContext) -> Result<ExitCode, Fa
             .map_err(Failure::halted)?;
     }
     if let Some(path) = dump {
-        let mut file = create_private(&path)
-            .and_then(|f| f.set_len(0).map(|_| f))
+        let csv = handle.credentials_csv();
+        Replacement::create(&path)
+            .and_then(|r| {
+                std::io::Write::write_all(&mut r.file(), csv.as_bytes())?;
+                r.commit()
+            })
             .with_context(|| format!("writing {}", path.display()))
             .map_err(Failure::halted)?;
-        std::io::Write::write_all(&mut file, handle.credentials_csv().as_bytes())
-            .map_err(|e| Failure::halted(anyhow!(e)))?;
     }
     handle.stop().await;
     Ok(ExitCode::Success)

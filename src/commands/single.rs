@@ -10,7 +10,7 @@ use crate::access::Access;
 use crate::api::request;
 use crate::cli::{ListArgs, SingleCallArgs, VerificationCertArgs};
 use crate::exit::{ExitCode, Failure};
-use crate::ledger::create_private;
+use crate::ledger::Replacement;
 use crate::plan;
 use crate::report::certificates::CertificateCsv;
 use crate::retry;
@@ -70,13 +70,18 @@ pub async fn cert_list(args: ListArgs, context: &RunContext) -> Result<ExitCode,
     let plan = plan::single_call(&args.call)?;
     let to_stdout = args.out.as_os_str() == "-";
     let access = Access::connect(&plan, context).await?;
-    let out: Box<dyn std::io::Write> = if to_stdout {
-        Box::new(std::io::stdout().lock())
+    // A file appears only once whole, fresh and 0600 (never an existing file, never a link's
+    // target).
+    let (replacement, out): (_, Box<dyn std::io::Write>) = if to_stdout {
+        (None, Box::new(std::io::stdout().lock()))
     } else {
-        let f = create_private(&args.out)
-            .and_then(|f| f.set_len(0).map(|_| f))
+        let replacement = Replacement::create(&args.out)
+            .and_then(|r| r.file().try_clone().map(|f| (r, f)))
             .map_err(|e| Failure::halted(anyhow!("{}: {e}", args.out.display())))?;
-        Box::new(f)
+        (
+            Some(replacement.0),
+            Box::new(std::io::BufWriter::new(replacement.1)),
+        )
     };
     let io = |e: csv::Error| Failure::halted(anyhow!("writing {}: {e}", args.out.display()));
     let mut csv = CertificateCsv::new(out).map_err(io)?;
@@ -99,6 +104,11 @@ pub async fn cert_list(args: ListArgs, context: &RunContext) -> Result<ExitCode,
     }
     let written = csv.written();
     csv.finish().map_err(|e| Failure::halted(anyhow!(e)))?;
+    if let Some(replacement) = replacement {
+        replacement
+            .commit()
+            .map_err(|e| Failure::halted(anyhow!("writing {}: {e}", args.out.display())))?;
+    }
     if !to_stdout {
         eprintln!("wrote {written} certificates to {}", args.out.display());
     }

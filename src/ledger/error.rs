@@ -31,6 +31,13 @@ pub enum LedgerError {
         "ledger {path} does not exist; run a command that creates it first (for example `register`)"
     )]
     Missing { path: String },
+    /// A file refused as a ledger (a link, another user's file, a file with two names …), or
+    /// refused as one of its side files or its lock. Nothing was read or written.
+    #[error("ledger {path} {reason}")]
+    Unsafe { path: String, reason: String },
+    /// An existing file with no ledger in it (empty): reading commands never create one.
+    #[error("ledger {path} is empty, not a ledger; give the ledger a run created")]
+    NotALedger { path: String },
     /// A `--ledger` value naming a kind of ledger this version cannot open. `location` is shown
     /// without what may follow the scheme (a URL can carry a password).
     #[error("ledger {location}: {reason}")]
@@ -58,6 +65,8 @@ impl LedgerError {
             LedgerError::Busy { .. }
             | LedgerError::WrongInstance { .. }
             | LedgerError::Missing { .. }
+            | LedgerError::Unsafe { .. }
+            | LedgerError::NotALedger { .. }
             | LedgerError::Unsupported { .. }
             | LedgerError::Sealing { .. }
             | LedgerError::Origin { .. } => ExitCode::Usage,

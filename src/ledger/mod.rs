@@ -25,7 +25,7 @@ use std::collections::BTreeMap;
 
 pub use error::LedgerError;
 pub use location::LedgerLocation;
-pub use private_file::create_private;
+pub use private_file::{Replacement, UnsafeFile};
 pub use seal::{Opener, Sealer, is_sealed};
 pub use state::ItemState;
 
@@ -194,7 +194,7 @@ impl Ledger {
     pub async fn open(location: &LedgerLocation, instance_id: &str) -> Result<Ledger, LedgerError> {
         let store = match location {
             LedgerLocation::SqliteFile(path) => {
-                Store::Sqlite(SqliteStore::open_exclusive(path).await?)
+                Store::Sqlite(SqliteStore::open_exclusive(path, true).await?)
             }
         };
         let mut ledger = Ledger {
@@ -218,11 +218,26 @@ impl Ledger {
         Ok(ledger)
     }
 
-    /// Opens an existing ledger to read it (`status`, `export`), alongside a running worker.
+    /// Opens an existing ledger to export from it, alongside a running worker: it records what
+    /// was exported (and migrates an older schema). A missing or empty ledger is an error.
     pub async fn open_existing(location: &LedgerLocation) -> Result<Ledger, LedgerError> {
+        Self::open_shared(location, false).await
+    }
+
+    /// Opens an existing ledger only to read it (`status`, `show`), alongside a running worker:
+    /// nothing is written, so a read-only ledger can be inspected (only a ledger of an older
+    /// schema is migrated first, which writes).
+    pub async fn open_read_only(location: &LedgerLocation) -> Result<Ledger, LedgerError> {
+        Self::open_shared(location, true).await
+    }
+
+    async fn open_shared(
+        location: &LedgerLocation,
+        read_only: bool,
+    ) -> Result<Ledger, LedgerError> {
         let store = match location {
             LedgerLocation::SqliteFile(path) => {
-                Store::Sqlite(SqliteStore::open_shared(path).await?)
+                Store::Sqlite(SqliteStore::open_shared(path, read_only).await?)
             }
         };
         let mut ledger = Ledger {
@@ -240,12 +255,7 @@ impl Ledger {
     pub async fn open_maintenance(location: &LedgerLocation) -> Result<Ledger, LedgerError> {
         let store = match location {
             LedgerLocation::SqliteFile(path) => {
-                if !path.exists() {
-                    return Err(LedgerError::Missing {
-                        path: path.display().to_string(),
-                    });
-                }
-                Store::Sqlite(SqliteStore::open_exclusive(path).await?)
+                Store::Sqlite(SqliteStore::open_exclusive(path, false).await?)
             }
         };
         let mut ledger = Ledger {
@@ -428,8 +438,23 @@ impl Ledger {
         fn finish_run(run: i64, exit_code: i32, summary: &str) -> ();
         /// The newest run.
         fn last_run() -> Option<RunRecord>;
+        /// Pending targets of the operation by the file they came from.
+        fn pending_by_file(operation: &str) -> Vec<(String, i64)>;
     }
 
+    /// Whether a run (this process's or another's) holds the ledger now.
+    pub fn held_by_a_run(&self) -> bool {
+        on_store!(self, s => s.held_by_a_run())
+    }
+
+    /// Whether writing to `path` would write over this ledger or one of its files (compared by
+    /// device and inode, not by name).
+    pub fn owns_file(&self, path: &std::path::Path) -> bool {
+        on_store!(self, s => s.owns_file(path))
+    }
+
+    /// Closes the ledger; a ledger that was written is checkpointed first, so its file alone
+    /// holds everything.
     pub async fn close(self) {
         match self.store {
             Store::Sqlite(s) => s.close().await,

@@ -17,7 +17,9 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{QueryBuilder, Row as _, Sqlite, SqlitePool};
 
 use super::error::with_causes;
-use super::private_file::create_private;
+use super::private_file::{
+    UnsafeFile, check_private, create_new_private, identity_of, open_private,
+};
 use super::{
     ErrorGroup, ExportRow, IngestCounts, ItemState, LedgerError, OutcomeRecord, WorkItem, now_ms,
 };
@@ -76,53 +78,128 @@ pub(super) struct SqliteStore {
     pool: SqlitePool,
     /// The file as messages name it.
     path: String,
+    /// Opened read-only: nothing is written, not even a checkpoint at close.
+    read_only: bool,
     /// Held for the store's lifetime when opened for a run: a second worker is refused.
     _lock: Option<File>,
 }
 
+/// Checks the ledger file and its side files (creating the ledger 0600 when `create`); returns
+/// the ledger's identity.
+fn secure(path: &Path, create: bool) -> Result<(u64, u64), LedgerError> {
+    let missing = || LedgerError::Missing {
+        path: path.display().to_string(),
+    };
+    let identity = match check_private(path).map_err(|e| unsafe_file(path, e))? {
+        Some(identity) => identity,
+        None if create => {
+            create_new_private(path).map_err(|e| unsafe_file(path, e))?;
+            check_private(path)
+                .map_err(|e| unsafe_file(path, e))?
+                .ok_or_else(missing)?
+        }
+        None => return Err(missing()),
+    };
+    // An empty file (a truncated ledger, a file that was never one): a command that does not
+    // create ledgers says so rather than give it a fresh, empty schema.
+    let empty = |p: &Path| std::fs::symlink_metadata(p).map_or(true, |m| m.len() == 0);
+    if !create && empty(path) && empty(&side_file(path, "-wal")) {
+        return Err(LedgerError::NotALedger {
+            path: path.display().to_string(),
+        });
+    }
+    for suffix in SIDE_FILES {
+        let side = side_file(path, suffix);
+        check_private(&side).map_err(|e| unsafe_file(&side, e))?;
+    }
+    Ok(identity)
+}
+
+/// SQLite's side files of a database: its write-ahead log, its shared-memory index, and the
+/// rollback journal of a database that was not in WAL mode.
+const SIDE_FILES: [&str; 3] = ["-wal", "-shm", "-journal"];
+
+/// A file refused as a ledger (or one of its side files, or its lock), or an I/O failure.
+fn unsafe_file(path: &Path, error: UnsafeFile) -> LedgerError {
+    let path = path.display().to_string();
+    match error {
+        UnsafeFile::Io(source) => LedgerError::Io { path, source },
+        other => LedgerError::Unsafe {
+            path,
+            reason: other.to_string(),
+        },
+    }
+}
+
+fn side_file(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
 impl SqliteStore {
-    /// Opens (creating, mode 0600) the file for a run, exclusively: the lock file beside it is
-    /// held until the store is dropped.
-    pub(super) async fn open_exclusive(path: &Path) -> Result<SqliteStore, LedgerError> {
+    /// Opens the file for a run (`create`: creating it 0600 if missing) or for maintenance,
+    /// exclusively: the lock file beside it is held until the store is dropped.
+    ///
+    /// The lock is named after the path, yet no second name can reach the same ledger: the
+    /// ledger must not be a symbolic link and must have a single name (no hard link), and a
+    /// link to its directory leads to the same lock file.
+    pub(super) async fn open_exclusive(
+        path: &Path,
+        create: bool,
+    ) -> Result<SqliteStore, LedgerError> {
         let shown = path.display().to_string();
-        let io = |source| LedgerError::Io {
-            path: shown.clone(),
-            source,
-        };
-        let lock = create_private(&lock_path(path)).map_err(io)?;
+        let lock_file = lock_path(path);
+        let lock = open_private(&lock_file).map_err(|e| unsafe_file(&lock_file, e))?;
         match lock.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
                 return Err(LedgerError::Busy { path: shown });
             }
-            Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(LedgerError::Io {
+                    path: shown,
+                    source: e,
+                });
+            }
         }
-        create_private(path).map_err(io)?;
-        let mut store = Self::connect(path).await?;
+        let identity = secure(path, create)?;
+        let mut store = Self::connect(path, identity, false, create).await?;
         store._lock = Some(lock);
         Ok(store)
     }
 
-    /// Opens an existing file to read it (`status`, `export`), alongside a running worker.
-    pub(super) async fn open_shared(path: &Path) -> Result<SqliteStore, LedgerError> {
-        if !path.exists() {
-            return Err(LedgerError::Missing {
-                path: path.display().to_string(),
-            });
-        }
-        Self::connect(path).await
+    /// Opens an existing file alongside a running worker: to write what an export records
+    /// (`read_only` false), or only to read it (`status`, `show`). Never creates one.
+    pub(super) async fn open_shared(
+        path: &Path,
+        read_only: bool,
+    ) -> Result<SqliteStore, LedgerError> {
+        let identity = secure(path, false)?;
+        Self::connect(path, identity, read_only, false).await
     }
 
-    async fn connect(path: &Path) -> Result<SqliteStore, LedgerError> {
+    async fn connect(
+        path: &Path,
+        identity: (u64, u64),
+        read_only: bool,
+        may_be_empty: bool,
+    ) -> Result<SqliteStore, LedgerError> {
         let shown = path.display().to_string();
         // WAL lets `status` read during a run; FULL makes each batched commit durable across
         // power loss, which matters for the claim written before a call (4 commits/s: cheap).
-        let options = SqliteConnectOptions::new()
+        // secure_delete: a secret cleared (`purge`, an exported rotation) is overwritten, not
+        // left readable in a free page.
+        let mut options = SqliteConnectOptions::new()
             .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
+            .create_if_missing(false)
+            .read_only(read_only)
             .synchronous(SqliteSynchronous::Full)
+            .pragma("secure_delete", "ON")
             .busy_timeout(Duration::from_secs(5));
+        if !read_only {
+            options = options.journal_mode(SqliteJournalMode::Wal);
+        }
         // One connection: the claimer, the writer and reports take turns, never SQLITE_BUSY
         // among themselves.
         let pool = SqlitePoolOptions::new()
@@ -131,15 +208,54 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .map_err(|e| database_error(&shown, &e))?;
+        let store = SqliteStore {
+            pool,
+            path: shown.clone(),
+            read_only,
+            _lock: None,
+        };
+        // SQLite opened the file by its path: it must be the file that was checked.
+        if identity_of(path).ok() != Some(identity) {
+            store.pool.close().await;
+            return Err(LedgerError::Unsafe {
+                path: shown,
+                reason: "was replaced while being opened".into(),
+            });
+        }
+        let tables: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sqlite_master")
+            .fetch_one(&store.pool)
+            .await
+            .map_err(|e| store.db(e))?;
+        if tables == 0 && !may_be_empty {
+            // An empty file (a truncated ledger, a file that was never one): reading commands
+            // say so rather than give it a fresh, empty schema.
+            store.pool.close().await;
+            return Err(LedgerError::NotALedger { path: shown });
+        }
+        if read_only {
+            if store.schema_is_current().await? {
+                return Ok(store);
+            }
+            // A ledger of an older version: migrating writes, as every command did before.
+            store.pool.close().await;
+            return Box::pin(Self::connect(path, identity, false, false)).await;
+        }
         MIGRATOR
-            .run(&pool)
+            .run(&store.pool)
             .await
             .map_err(|e| migrate_error(&shown, &e))?;
-        Ok(SqliteStore {
-            pool,
-            path: shown,
-            _lock: None,
-        })
+        Ok(store)
+    }
+
+    /// Whether every embedded migration is applied (a read-only open need not migrate).
+    async fn schema_is_current(&self) -> Result<bool, LedgerError> {
+        let newest = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+        let applied: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success")
+                .fetch_one(&self.pool)
+                .await
+                .unwrap_or(None);
+        Ok(applied == Some(newest))
     }
 
     fn db(&self, error: sqlx::Error) -> LedgerError {
@@ -385,6 +501,21 @@ impl SqliteStore {
         Ok(())
     }
 
+    pub(super) async fn pending_by_file(
+        &self,
+        operation: &str,
+    ) -> Result<Vec<(String, i64)>, LedgerError> {
+        let rows = sqlx::query(
+            "SELECT source_file, COUNT(*) FROM items WHERE operation = $1 AND state = 'pending' \
+             GROUP BY source_file ORDER BY source_file",
+        )
+        .bind(operation)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.db(e))?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
     pub(super) async fn counts(
         &self,
         operation: &str,
@@ -545,13 +676,77 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// Closes the file with its write-ahead log folded into it, so the file alone holds
+    /// everything (a copy of it after a clean exit is a whole ledger). When no other process has
+    /// it open, it is left in rollback-journal mode with no side file at all, which a read-only
+    /// inspection can open even in a directory it may not write (a WAL database needs its
+    /// `-shm` there); the next run turns WAL on again.
     pub(super) async fn close(self) {
+        if !self.read_only {
+            // Leaving WAL needs the only connection: with a reader beside it, SQLite answers
+            // SQLITE_BUSY at once, and the log is checkpointed and emptied instead.
+            let left_wal = sqlx::query("PRAGMA journal_mode = DELETE")
+                .execute(&self.pool)
+                .await
+                .is_ok();
+            if !left_wal
+                && let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                    .execute(&self.pool)
+                    .await
+            {
+                tracing::warn!(
+                    "ledger {}: checkpoint at close failed: {}",
+                    self.path,
+                    describe(&e)
+                );
+            }
+        }
         self.pool.close().await;
+    }
+
+    /// Whether a run holds the ledger now (its lock file is locked). Reads only: a missing lock
+    /// file means no run; the probe's shared lock is let go at once.
+    pub(super) fn held_by_a_run(&self) -> bool {
+        let Ok(lock) = File::open(lock_path(Path::new(&self.path))) else {
+            return false;
+        };
+        matches!(
+            lock.try_lock_shared(),
+            Err(std::fs::TryLockError::WouldBlock)
+        )
+    }
+
+    /// Whether `candidate` is this ledger's file or one of its side files (by device and inode,
+    /// and by name for side files that do not exist yet).
+    pub(super) fn owns_file(&self, candidate: &Path) -> bool {
+        let path = Path::new(&self.path);
+        let mut own: Vec<PathBuf> = SIDE_FILES.iter().map(|s| side_file(path, s)).collect();
+        own.push(path.to_owned());
+        own.push(lock_path(path));
+        let id = |p: &Path| {
+            std::fs::metadata(p).ok().map(|m| {
+                (
+                    std::os::unix::fs::MetadataExt::dev(&m),
+                    std::os::unix::fs::MetadataExt::ino(&m),
+                )
+            })
+        };
+        if let Some(found) = id(candidate)
+            && own.iter().any(|p| id(p) == Some(found))
+        {
+            return true;
+        }
+        let named = |p: &Path| {
+            let dir = match p.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d,
+                _ => Path::new("."),
+            };
+            Some((std::fs::canonicalize(dir).ok()?, p.file_name()?.to_owned()))
+        };
+        named(candidate).is_some_and(|c| own.iter().any(|p| named(p).as_ref() == Some(&c)))
     }
 }
 
 fn lock_path(path: &Path) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(".lock");
-    PathBuf::from(name)
+    side_file(path, ".lock")
 }

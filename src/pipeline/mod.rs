@@ -15,6 +15,7 @@
 //! answer means for a target), [`writer`] (batched outcomes). The pipeline never parses input and
 //! never prints; it returns a [`RunOutcome`] that the report turns into words.
 
+pub mod breaker;
 mod feeder;
 pub mod operation;
 pub mod pacer;
@@ -47,6 +48,8 @@ pub struct RunPlan {
     pub concurrency: usize,
     /// Transient failures per target before it is `failed` (`--max-attempts`).
     pub max_attempts: u32,
+    /// How long the service may stay unreachable before the run halts (`--outage-patience`).
+    pub outage_patience: Duration,
     /// How long calls in flight may take to finish once the run stops.
     pub drain_timeout: Duration,
 }
@@ -60,6 +63,11 @@ pub enum Halt {
     Fatal(ApiError),
     /// Every source address was blocked for exceeding the per-IP limit.
     AllSourcesBlocked(ApiError),
+    /// The service stayed unreachable longer than the patience.
+    Outage {
+        since: jiff::Timestamp,
+        last: Option<ApiError>,
+    },
     /// Ctrl-C or SIGTERM.
     Interrupted,
     /// The ledger could not be written.

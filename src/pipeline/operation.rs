@@ -228,6 +228,14 @@ async fn common_error(worker: &Worker, a: &mut Attempt, e: CallError) -> Next {
         ErrorClass::InvalidInput => Next::Finish(ItemState::Invalid),
         ErrorClass::NotFound => Next::Finish(ItemState::NotFound),
         ErrorClass::ItemFailure | ErrorClass::AlreadyExists => Next::Finish(ItemState::Failed),
+        // The service is unreachable: not this device's failure; the next call waits for it.
+        _ if worker.outage_holds(&e) => {
+            if worker.stopping() {
+                Next::Finish(ItemState::Pending)
+            } else {
+                Next::Retry
+            }
+        }
         _ => {
             a.failures += 1;
             if a.failures >= worker.max_attempts() {

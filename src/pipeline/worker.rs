@@ -17,6 +17,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
+use super::breaker::{self, Admit, Breaker};
 use super::operation::Attempt;
 use super::{Halt, Pacer, RunPlan};
 use crate::api::{ApiError, ErrorClass, OnsMqttClient, Request};
@@ -37,6 +38,7 @@ pub struct Worker {
     stop: CancellationToken,
     halt: Mutex<Option<Halt>>,
     nonce_reused: AtomicBool,
+    breaker: Breaker,
 }
 
 impl Worker {
@@ -48,6 +50,7 @@ impl Worker {
     ) -> Self {
         Worker {
             pacer: Pacer::new(plan.pace, clients.len()),
+            breaker: Breaker::new(plan.outage_patience),
             plan,
             clients,
             counters,
@@ -106,6 +109,13 @@ impl Worker {
         }
     }
 
+    /// Whether `e` is the outage's, not the device's: the service is unreachable (the breaker
+    /// is open) and `e` says so. Such a failure is not counted; the next call waits for the
+    /// service.
+    pub(crate) fn outage_holds(&self, e: &ApiError) -> bool {
+        breaker::is_outage(e) && self.breaker.is_open()
+    }
+
     /// Waits out the backoff after the `failures`-th transient failure of a target. False if
     /// the run stopped meanwhile.
     pub(crate) async fn backoff(&self, failures: u32) -> bool {
@@ -130,6 +140,17 @@ impl Worker {
         let mut throttles = 0u32;
         let mut renewed = false;
         loop {
+            match self.breaker.admit(self.stop.cancelled()).await {
+                Admit::Go => {}
+                // Held through an outage: a grant taken before it is stale, and every held call
+                // going at once would break the pace.
+                Admit::Waited => a.grant = None,
+                Admit::Stopped => return Err(CallError::Stopped),
+                Admit::OutOfPatience { since, last } => {
+                    self.set_halt(Halt::Outage { since, last });
+                    return Err(CallError::Stopped);
+                }
+            }
             let source = match a.grant.take() {
                 Some(source) => source,
                 None => {
@@ -147,9 +168,14 @@ impl Worker {
             };
             self.counters.calls.fetch_add(1, Ordering::Relaxed);
             let e = match self.clients[source].send(request).await {
-                Ok(v) => return Ok(v),
+                Ok(v) => {
+                    self.breaker.record(None, &self.counters.outage);
+                    return Ok(v);
+                }
                 Err(e) => e,
             };
+            let outage = breaker::is_outage(&e).then_some(&e);
+            self.breaker.record(outage, &self.counters.outage);
             match e.class {
                 ErrorClass::Throttled { retry_after_ms } => {
                     self.counters.throttled.fetch_add(1, Ordering::Relaxed);

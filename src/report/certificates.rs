@@ -4,6 +4,7 @@
 
 use std::io::Write;
 
+use super::formula::inert;
 use crate::api::actions::DeviceCertificate;
 
 pub struct CertificateCsv<W: Write> {
@@ -31,13 +32,16 @@ impl<W: Write> CertificateCsv<W> {
         } else {
             "inactive"
         };
+        // A file for people: the name (free text from whoever made the certificate) and the
+        // dates are made inert for spreadsheets; the serial numbers, hexadecimal, never begin
+        // with a formula character and stay as they are, so the file still feeds `cert`.
         self.writer.write_record([
-            &c.device_sn,
+            c.device_sn.as_str(),
             &c.ca_sn,
-            &c.device_name,
+            &inert(&c.device_name),
             status,
-            &c.valid_begin,
-            &c.valid_end,
+            &inert(&c.valid_begin),
+            &inert(&c.valid_end),
         ])?;
         self.written += 1;
         Ok(())

@@ -1,26 +1,45 @@
 //! `export`: credentials (with the derived MQTT login) or failures, as CSV, a JSON array or a
 //! spreadsheet, streamed page by page from the ledger. Export files hold
-//! DeviceAccessKeySecrets, so they are created 0600; this is the only place besides the ledger
-//! that writes a device secret, and the only one that opens a sealed one.
+//! DeviceAccessKeySecrets, so they are written to a fresh 0600 file renamed over the target once
+//! whole (never an existing file's mode, never through a link); this is the only place besides
+//! the ledger that writes a device secret, and the only one that opens a sealed one.
 
 use std::io::Write;
 use std::path::Path;
 
 use serde::Serialize;
 
+use super::formula;
 use crate::api::mqtt;
 use crate::cli::ExportFormat;
-use crate::ledger::{Ledger, LedgerError, Opener, create_private};
+use crate::ledger::{Ledger, LedgerError, Opener, Replacement};
 use crate::secret::Secret;
 
-/// Opens the export destination: a new 0600 file, or standard output.
-fn destination(out: Option<&Path>) -> std::io::Result<Box<dyn Write>> {
-    let Some(out) = out else {
-        return Ok(Box::new(std::io::BufWriter::new(std::io::stdout().lock())));
-    };
-    let file = create_private(out)?;
-    file.set_len(0)?;
-    Ok(Box::new(std::io::BufWriter::new(file)))
+/// Where an export goes: standard output, or a file that appears only once it is whole.
+struct Destination(Option<Replacement>);
+
+impl Destination {
+    /// Opens the destination and the writer its rows go through.
+    fn open(out: Option<&Path>) -> std::io::Result<(Destination, Box<dyn Write>)> {
+        let Some(out) = out else {
+            let stdout = std::io::BufWriter::new(std::io::stdout().lock());
+            return Ok((Destination(None), Box::new(stdout)));
+        };
+        let replacement = Replacement::create(out)?;
+        let file = replacement.file().try_clone()?;
+        Ok((
+            Destination(Some(replacement)),
+            Box::new(std::io::BufWriter::new(file)),
+        ))
+    }
+
+    /// Puts a complete file in place (the writer was flushed by `RowWriter::finish`).
+    fn commit(self) -> std::io::Result<()> {
+        match self.0 {
+            Some(replacement) => replacement.commit(),
+            None => Ok(()),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -133,17 +152,53 @@ impl RowWriter {
         }
     }
 
-    fn finish(self) -> std::io::Result<()> {
+    /// Ends the file. `header` is written when no row was (a CSV or sheet of no rows still
+    /// names its columns, so a reader can tell "none" from "broken").
+    fn finish(self, empty: Option<&[&str]>) -> std::io::Result<()> {
         match self {
-            RowWriter::Csv(mut w) => w.flush(),
+            RowWriter::Csv(mut w) => {
+                if let Some(header) = empty {
+                    w.write_record(header).map_err(std::io::Error::other)?;
+                }
+                w.flush()
+            }
             RowWriter::Json { mut out, .. } => {
                 out.write_all(b"\n]\n")?;
                 out.flush()
             }
-            RowWriter::Xlsx(sheet) => sheet.finish(),
+            RowWriter::Xlsx(mut sheet) => {
+                if let Some(header) = empty {
+                    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+                    sheet.put_row(0, &header)?;
+                }
+                sheet.finish()
+            }
         }
     }
 }
+
+/// The columns of a credential export (`operation` only in exports of what devices hold now).
+const CREDENTIAL_COLUMNS: [&str; 8] = [
+    "client_id",
+    "instance_id",
+    "device_access_key_id",
+    "device_access_key_secret",
+    "mqtt_username",
+    "mqtt_password",
+    "state",
+    "operation",
+];
+
+/// The columns of a failures export.
+const FAILURE_COLUMNS: [&str; 7] = [
+    "file",
+    "line",
+    "client_id",
+    "state",
+    "code",
+    "message",
+    "request_id",
+];
 
 /// An `.xlsx` workbook of one sheet whose every cell is a string (never a formula or a number),
 /// so a password beginning with `+` or `=` reaches the engineer intact.
@@ -193,25 +248,27 @@ impl Spreadsheet {
             ));
         }
         let (header, values) = Self::cells(row)?;
+        if self.next_row == 0 {
+            self.put_row(0, &header)?;
+            self.next_row = 1;
+        }
+        self.put_row(self.next_row, &values)?;
+        self.next_row += 1;
+        Ok(())
+    }
+
+    /// One row of text cells.
+    fn put_row(&mut self, row: u32, cells: &[String]) -> std::io::Result<()> {
         let text = rust_xlsxwriter::Format::new().set_num_format("@");
         let sheet = self
             .workbook
             .worksheet_from_index(0)
             .map_err(std::io::Error::other)?;
-        let mut put = |row: u32, cells: &[String]| -> std::io::Result<()> {
-            for (col, value) in cells.iter().enumerate() {
-                sheet
-                    .write_string_with_format(row, col as u16, value, &text)
-                    .map_err(std::io::Error::other)?;
-            }
-            Ok(())
-        };
-        if self.next_row == 0 {
-            put(0, &header)?;
-            self.next_row = 1;
+        for (col, value) in cells.iter().enumerate() {
+            sheet
+                .write_string_with_format(row, col as u16, value, &text)
+                .map_err(std::io::Error::other)?;
         }
-        put(self.next_row, &values)?;
-        self.next_row += 1;
         Ok(())
     }
 
@@ -243,7 +300,8 @@ pub async fn export_current(
     if let Some(first) = page.first() {
         unsealer.open(ledger, &first.secret)?;
     }
-    let mut w = RowWriter::new(destination(out)?, format)?;
+    let (destination, out) = Destination::open(out)?;
+    let mut w = RowWriter::new(out, format)?;
     let (mut n, mut exported) = (0u64, Vec::new());
     while let Some(last) = page.last() {
         let cursor = last.cursor;
@@ -263,7 +321,8 @@ pub async fn export_current(
         }
         page = ledger.current_page(states, cursor, PAGE).await?;
     }
-    w.finish()?;
+    w.finish((n == 0).then_some(&CREDENTIAL_COLUMNS[..]))?;
+    destination.commit()?;
     ledger.mark_current_exported(&exported).await?;
     Ok(n)
 }
@@ -279,7 +338,8 @@ pub async fn export_credentials(
     identity: Option<&Path>,
 ) -> anyhow::Result<u64> {
     let unsealer = Unsealer::new(ledger, identity)?;
-    let mut w = RowWriter::new(destination(out)?, format)?;
+    let (destination, out) = Destination::open(out)?;
+    let mut w = RowWriter::new(out, format)?;
     let (mut cursor, mut n) = (0i64, 0u64);
     let mut exported = Vec::new();
     loop {
@@ -298,7 +358,9 @@ pub async fn export_credentials(
             n += 1;
         }
     }
-    w.finish()?;
+    // An operation's rows carry no `operation` column.
+    w.finish((n == 0).then_some(&CREDENTIAL_COLUMNS[..7]))?;
+    destination.commit()?;
     // Only once the file is complete: a rotated row's previous secret is no longer needed.
     ledger.mark_exported(operation, &exported).await?;
     Ok(n)
@@ -308,47 +370,87 @@ pub async fn export_credentials(
 pub async fn export_failures(
     ledger: &Ledger,
     operation: &str,
+    states: &[&str],
     out: Option<&Path>,
     format: ExportFormat,
 ) -> anyhow::Result<u64> {
-    let mut w = RowWriter::new(destination(out)?, format)?;
+    let (destination, out) = Destination::open(out)?;
+    let mut w = RowWriter::new(out, format)?;
+    // A CSV of failures is read by people in a spreadsheet: what came from the input or the
+    // server is made inert (JSON is for programs; the spreadsheet's cells are text already).
+    let cell = |text: &'_ str| -> String {
+        match format {
+            ExportFormat::Csv => formula::inert(text).into_owned(),
+            _ => text.to_owned(),
+        }
+    };
     let (mut cursor, mut n) = (0i64, 0u64);
-    loop {
+    // Rows rejected at ingest are `invalid` too.
+    while states.contains(&"invalid") {
         let page = ledger.rejects_page(operation, cursor, PAGE).await?;
         let Some(last) = page.last() else { break };
         cursor = last.0;
         for (_, file, line, raw, reason) in &page {
             w.write(&FailureRow {
-                file,
+                file: &cell(file),
                 line: *line,
-                client_id: raw,
+                client_id: &cell(raw),
                 state: "invalid",
                 code: "InvalidInput",
-                message: reason,
+                message: &cell(reason),
                 request_id: "",
             })?;
             n += 1;
         }
     }
-    let states = ["invalid", "failed", "pending", "not_found"];
     cursor = 0;
     loop {
-        let page = ledger.export_page(operation, &states, cursor, PAGE).await?;
+        let page = ledger.export_page(operation, states, cursor, PAGE).await?;
         let Some(last) = page.last() else { break };
         cursor = last.id;
         for r in &page {
             w.write(&FailureRow {
-                file: &r.file,
+                file: &cell(&r.file),
                 line: r.line,
-                client_id: &r.target,
+                client_id: &cell(&r.target),
                 state: &r.state,
-                code: r.code.as_deref().unwrap_or(""),
-                message: r.message.as_deref().unwrap_or(""),
-                request_id: r.request_id.as_deref().unwrap_or(""),
+                code: &cell(r.code.as_deref().unwrap_or("")),
+                message: &cell(r.message.as_deref().unwrap_or("")),
+                request_id: &cell(r.request_id.as_deref().unwrap_or("")),
             })?;
             n += 1;
         }
     }
-    w.finish()?;
+    w.finish((n == 0).then_some(&FAILURE_COLUMNS[..]))?;
+    destination.commit()?;
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header_of<T: Serialize>(row: &T) -> Vec<String> {
+        Spreadsheet::cells(row).unwrap().0
+    }
+
+    /// The header written for an empty export is the one a row would have written.
+    #[test]
+    fn the_empty_exports_header_is_the_rows_header() {
+        let secret = Secret::new("s".to_owned());
+        let mut row = CredentialRow::new("post-cn-x", "GID_test@@@d", "k", &secret, "registered");
+        assert_eq!(header_of(&row), CREDENTIAL_COLUMNS[..7]);
+        row.operation = Some("register");
+        assert_eq!(header_of(&row), CREDENTIAL_COLUMNS);
+        let failure = FailureRow {
+            file: "f",
+            line: 1,
+            client_id: "c",
+            state: "failed",
+            code: "X",
+            message: "m",
+            request_id: "r",
+        };
+        assert_eq!(header_of(&failure), FAILURE_COLUMNS);
+    }
 }

@@ -5,6 +5,7 @@ use serde::Serialize;
 
 use crate::ledger::{DeviceNow, HistoryEvent, Ledger, LedgerError};
 use crate::target::Target;
+use crate::terminal::escape;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct History {
@@ -32,7 +33,8 @@ impl History {
     }
 
     pub fn render(&self) -> String {
-        let shown = self.target.replace('\t', " / ");
+        // The target, codes, messages and file names come from the input and the server.
+        let shown = escape(&self.target.replace('\t', " / ")).into_owned();
         let mut out = match &self.now {
             Some(now) => match &now.device_access_key_id {
                 Some(key) => format!(
@@ -55,19 +57,19 @@ impl History {
                 e.attempts
             ));
             if let Some(key) = &e.key_id {
-                out.push_str(&format!("  {key}"));
+                out.push_str(&format!("  {}", escape(key)));
             }
             if let Some(code) = &e.code {
-                out.push_str(&format!("  {code}"));
+                out.push_str(&format!("  {}", escape(code)));
                 if let Some(message) = &e.message {
-                    out.push_str(&format!(": {message}"));
+                    out.push_str(&format!(": {}", escape(message)));
                 }
             }
             if let Some(request) = &e.request_id {
-                out.push_str(&format!("  RequestId {request}"));
+                out.push_str(&format!("  RequestId {}", escape(request)));
             }
             if let (Some(file), Some(line)) = (&e.file, e.line) {
-                out.push_str(&format!("  ({file}:{line})"));
+                out.push_str(&format!("  ({}:{line})", escape(file)));
             }
             out.push('\n');
         }

@@ -1,12 +1,14 @@
 //! Reports: what the tool tells its user about a ledger and a run — the end-of-run summary
 //! ([`summary`]), `status` ([`status`]), the dry-run plan ([`plan`]), `export` ([`export`]), `show`
 //! ([`history`]) and
-//! the `cert list` file ([`certificates`]). Reports read the ledger and write text or files;
+//! the `cert list` file ([`certificates`]); [`formula`] makes the cells of files meant for people
+//! inert for spreadsheets. Reports read the ledger and write text or files;
 //! they never send a call, and nothing here prints a secret except the export files, which are
 //! created 0600.
 
 pub mod certificates;
 pub mod export;
+pub mod formula;
 pub mod history;
 pub mod plan;
 pub mod status;

@@ -13,6 +13,7 @@ pub fn render(
     pace: &PaceConfig,
     sources: usize,
     endpoint: &str,
+    pending_by_file: &[(String, i64)],
 ) -> String {
     let pending = status.count(ItemState::Pending);
     let rate = pace.target_rate(sources);
@@ -33,6 +34,13 @@ pub fn render(
         operation.name(),
         duration(pending as f64 * calls_per_target / rate),
     ));
+    if pending_by_file.len() > 1 {
+        let files: Vec<String> = pending_by_file
+            .iter()
+            .map(|(f, n)| format!("{} {n}", crate::terminal::escape(f)))
+            .collect();
+        out.push_str(&format!("  pending by file: {}\n", files.join(", ")));
+    }
     // What the pacer promises is what it sends: no sliding second of its grants holds more than
     // the ceiling. The service counts arrivals, which network jitter can bunch by a call or two
     // (the benchmarks saw 298 per address against 294 sent): that is what the headroom is for.

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::ledger::{ErrorGroup, ItemState, Ledger, LedgerError, RunRecord};
+use crate::terminal::escape;
 
 /// Counts per state and errors of one operation of a ledger.
 #[derive(Debug, Clone, Serialize)]
@@ -62,12 +63,18 @@ impl OperationStatus {
                 let groups: Vec<&ErrorGroup> =
                     self.errors.iter().filter(|e| e.code == code).collect();
                 if let [e] = groups[..] {
-                    out.push_str(&format!("    {} ×{}, {}\n", e.code, e.count, example(e)));
+                    out.push_str(&format!(
+                        "    {} ×{}, {}\n",
+                        escape(&e.code),
+                        e.count,
+                        example(e)
+                    ));
                     continue;
                 }
                 let total: i64 = groups.iter().map(|e| e.count).sum();
                 out.push_str(&format!(
-                    "    {code} ×{total} in all, {} kinds:\n",
+                    "    {} ×{total} in all, {} kinds:\n",
+                    escape(code),
                     groups.len()
                 ));
                 for e in groups {
@@ -80,13 +87,15 @@ impl OperationStatus {
 }
 
 /// "e.g. TARGET (RequestId …): message" of an error group, the message cut to 160 characters.
+/// Targets, RequestIds and messages come from the input and the server: escaped.
 fn example(e: &ErrorGroup) -> String {
-    let mut out = format!("e.g. {}", e.example_target);
+    let mut out = format!("e.g. {}", escape(&e.example_target));
     if let Some(id) = &e.example_request_id {
-        out.push_str(&format!(" (RequestId {id})"));
+        out.push_str(&format!(" (RequestId {})", escape(id)));
     }
     if let Some(m) = &e.message {
-        out.push_str(&format!(": {}", m.chars().take(160).collect::<String>()));
+        let m: String = m.chars().take(160).collect();
+        out.push_str(&format!(": {}", escape(&m)));
     }
     out
 }
@@ -98,6 +107,8 @@ pub struct LedgerStatus {
     pub instance_id: String,
     pub operations: Vec<OperationStatus>,
     pub last_run: Option<RunRecord>,
+    /// A run holds the ledger now (the last run is that one, not one that died).
+    pub running: bool,
 }
 
 impl LedgerStatus {
@@ -107,18 +118,24 @@ impl LedgerStatus {
             operations.push(OperationStatus::load(ledger, &op).await?);
         }
         let last_run = ledger.last_run().await?;
+        let running = ledger.held_by_a_run();
         Ok(LedgerStatus {
             ledger: ledger.path().to_owned(),
             instance_id: ledger.instance_id().to_owned(),
             operations,
             last_run,
+            running,
         })
     }
 
     pub fn render(&self) -> String {
-        let mut out = format!("ledger {} (instance {})\n", self.ledger, self.instance_id);
+        let mut out = format!(
+            "ledger {} (instance {})\n",
+            escape(&self.ledger),
+            escape(&self.instance_id)
+        );
         for op in &self.operations {
-            out.push_str(&format!("{}:\n", op.operation));
+            out.push_str(&format!("{}:\n", escape(&op.operation)));
             out.push_str(&op.render());
         }
         match &self.last_run {
@@ -130,7 +147,10 @@ impl LedgerStatus {
                 };
                 let end = match (run.finished_ms, run.exit_code) {
                     (Some(f), Some(code)) => format!("ended {} with exit code {code}", at(f)),
-                    _ => "did not finish (killed, or still running)".to_owned(),
+                    _ if self.running => "running now".to_owned(),
+                    _ => {
+                        "did not finish (killed or crashed): rerun its command to resume".to_owned()
+                    }
                 };
                 out.push_str(&format!(
                     "last run: {}, started {}, {end}\n  {}\n",

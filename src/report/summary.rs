@@ -5,6 +5,7 @@ use crate::events::HaltReport;
 use crate::exit::ExitCode;
 use crate::ledger::{ItemState, Ledger};
 use crate::pipeline::{Halt, Operation, RunOutcome};
+use crate::terminal::escape;
 
 use super::status::OperationStatus;
 
@@ -37,8 +38,8 @@ pub fn summary(
     let mut out = format!(
         "{} on instance {} (ledger {}):\n",
         status.operation,
-        ledger.instance_id(),
-        ledger.path()
+        escape(ledger.instance_id()),
+        escape(ledger.path())
     );
     out.push_str(&status.render());
     // A rate over less than a second says nothing (two calls are not "991.8 calls/s").
@@ -91,7 +92,8 @@ pub fn summary(
             let report = halt_report(halt);
             out.push_str(&format!(
                 "  HALTED: {}\n  {} with:\n    {resume}\n",
-                report.message, report.action
+                escape(&report.message),
+                report.action
             ))
         }
     }
@@ -115,6 +117,15 @@ pub fn halt_report(halt: &Halt) -> HaltReport {
             "all_sources_blocked",
             format!("every source address was blocked for exceeding the per-IP limit ({e})."),
             "Wait for the block to expire, lower --ip-qps, then resume",
+        ),
+        Halt::Outage { since, last } => (
+            "outage",
+            format!(
+                "the service has been unreachable since {} (longer than --outage-patience){}; every unfinished target is still pending",
+                crate::pipeline::breaker::clock_time(*since),
+                last.as_ref().map(|e| format!(": {e}")).unwrap_or_default()
+            ),
+            "Check the network and the service, then resume (the same command)",
         ),
         Halt::Interrupted => (
             "interrupted",

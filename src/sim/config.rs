@@ -180,6 +180,24 @@ pub struct SimConfig {
     /// Write the registry as CSV here on SIGINT/SIGTERM.
     #[arg(long)]
     pub dump_credentials: Option<PathBuf>,
+    /// Close a connection that has not sent a whole request header for this long, waiting
+    /// between two requests included (seconds): half-open and idle connections do not pile up.
+    #[arg(long, default_value = "30", value_name = "SECS", value_parser = positive_secs)]
+    pub header_timeout: Duration,
+    /// Connections served at once; further ones wait to be accepted until one closes.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+}
+
+/// A positive, finite number of seconds.
+fn positive_secs(s: &str) -> Result<Duration, String> {
+    s.parse::<f64>()
+        .ok()
+        .filter(|v| *v >= 0.001)
+        .and_then(|v| Duration::try_from_secs_f64(v).ok())
+        .ok_or(format!(
+            "'{s}' is not a number of seconds of at least 0.001"
+        ))
 }
 
 impl Default for SimConfig {
@@ -241,5 +259,12 @@ mod tests {
         assert_eq!((c.account_qps, c.ip_qps, c.ip_block_secs), (500, 300, 60.0));
         assert_eq!(c.keys()[0].id, DEFAULT_ACCESS_KEY_ID);
         assert_eq!(c.listen.port(), 0);
+        assert_eq!(
+            (c.header_timeout, c.max_connections),
+            (Duration::from_secs(30), 1024)
+        );
+        for bad in ["0", "-1", "nan", "inf", "1e300"] {
+            assert!(positive_secs(bad).is_err(), "{bad}");
+        }
     }
 }

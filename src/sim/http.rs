@@ -2,7 +2,10 @@
 //! on, waiting out the drawn latency, and answering as the real endpoint does
 //! (`x-acs-request-id`, JSON or XML bodies as [`wire`] renders them, the error shape of
 //! onsmqtt-api.md §5, `x-acs-retry-after` on throttling when configured). Bodies are read up to
-//! [`wire::MAX_BODY_BYTES`] and no further. `/__sim/*` serves the stats and the registry.
+//! [`wire::MAX_BODY_BYTES`] and no further. `/__sim/*` serves the stats and the registry, to
+//! loopback clients only: the registry holds every secret. A connection that sends no whole
+//! request header within [`Limits::header_timeout`] (idle between requests included) is closed,
+//! and at most [`Limits::max_connections`] are served at once.
 //!
 //! A fault that "drops the connection" makes the service fail, which hyper turns into a closed
 //! socket with no response. It decides nothing about a call: gate, faults and business rules
@@ -40,9 +43,30 @@ impl std::error::Error for Dropped {}
 
 type Answer = Result<Response<Full<Bytes>>, Dropped>;
 
-/// Accepts connections until cancelled; cancelling also closes every open connection.
-pub async fn serve(listener: TcpListener, sim: Arc<Sim>, cancel: CancellationToken) {
+/// What one client may hold of the server.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub header_timeout: Duration,
+    pub max_connections: usize,
+}
+
+/// Accepts connections until cancelled; cancelling also closes every open connection. Past
+/// `max_connections`, accepting waits for one to close (new ones wait in the kernel's backlog).
+pub async fn serve(
+    listener: TcpListener,
+    sim: Arc<Sim>,
+    limits: Limits,
+    cancel: CancellationToken,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     loop {
+        let slot = tokio::select! {
+            _ = cancel.cancelled() => return,
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => return,
+            },
+        };
         let (stream, peer) = tokio::select! {
             _ = cancel.cancelled() => return,
             accepted = listener.accept() => match accepted {
@@ -58,10 +82,13 @@ pub async fn serve(listener: TcpListener, sim: Arc<Sim>, cancel: CancellationTok
         let sim = sim.clone();
         let cancel = cancel.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let service =
                 hyper::service::service_fn(move |req| handle(sim.clone(), peer.ip(), req));
             let conn = hyper::server::conn::http1::Builder::new()
                 .keep_alive(true)
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits.header_timeout)
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
             tokio::select! {
                 _ = conn => {}
@@ -86,6 +113,17 @@ async fn handle(sim: Arc<Sim>, peer: IpAddr, req: Request<Body>) -> Answer {
             .expect("static response parts are valid"));
     }
     if path.starts_with("/__sim/") {
+        if !is_loopback(peer) {
+            return Ok(respond(
+                403,
+                "sim",
+                Format::Json,
+                Bytes::from_static(
+                    br#"{"Code":"Forbidden.SimulatorIntrospection","Message":"/__sim/ is served to loopback clients only"}"#,
+                ),
+                None,
+            ));
+        }
         return Ok(introspection(&sim, &path));
     }
     let query: Vec<(String, String)> =
@@ -270,6 +308,16 @@ fn respond(
     builder
         .body(Full::new(body))
         .expect("static response parts are valid")
+}
+
+/// A loopback client, also when it arrives on an IPv6 socket as `::ffff:127.0.0.1`.
+fn is_loopback(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or(v6.is_loopback(), |v4| v4.is_loopback()),
+    }
 }
 
 fn introspection(sim: &Sim, path: &str) -> Response<Full<Bytes>> {

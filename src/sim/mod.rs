@@ -330,9 +330,13 @@ pub async fn start(config: SimConfig) -> std::io::Result<SimHandle> {
     let addr = listener.local_addr()?;
     let keys = config.keys();
     let instance_id = config.instance_ids()[0].clone();
+    let limits = http::Limits {
+        header_timeout: config.header_timeout,
+        max_connections: config.max_connections as usize,
+    };
     let sim = Arc::new(Sim::new(config)?);
     let cancel = CancellationToken::new();
-    let task = tokio::spawn(http::serve(listener, sim.clone(), cancel.clone()));
+    let task = tokio::spawn(http::serve(listener, sim.clone(), limits, cancel.clone()));
     Ok(SimHandle {
         addr,
         keys,
