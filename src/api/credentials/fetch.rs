@@ -69,17 +69,25 @@ pub struct Fetched {
 }
 
 /// The HTTP clients of the fetches: STS and URI with the official 5 s connect / 10 s read, the
-/// metadata service with its 1 s / 1 s.
+/// metadata service with its 1 s / 1 s. `HTTP(S)_PROXY` is honoured on the way to STS and a
+/// remote URI, as for the service; never to a loopback host or the metadata service, which are
+/// on this machine or its link (a proxy would see the token in clear). No redirect is followed:
+/// it would carry a signed query, or a token, elsewhere.
 #[derive(Clone)]
 pub struct Fetcher {
     http: reqwest::Client,
+    direct: reqwest::Client,
     metadata_http: reqwest::Client,
 }
 
 impl Fetcher {
     pub fn new() -> Result<Self, CredentialError> {
-        let build = |connect: u64, read: u64| {
-            reqwest::Client::builder()
+        let build = |connect: u64, read: u64, proxies: bool| {
+            let mut builder = reqwest::Client::builder();
+            if !proxies {
+                builder = builder.no_proxy();
+            }
+            builder
                 .connect_timeout(Duration::from_millis(connect))
                 .read_timeout(Duration::from_millis(read))
                 .timeout(Duration::from_millis(connect + read))
@@ -91,9 +99,23 @@ impl Fetcher {
                 })
         };
         Ok(Fetcher {
-            http: build(5_000, 10_000)?,
-            metadata_http: build(1_000, 1_000)?,
+            http: build(5_000, 10_000, true)?,
+            direct: build(5_000, 10_000, false)?,
+            metadata_http: build(1_000, 1_000, false)?,
         })
+    }
+
+    /// The client for `url`: without proxies to a loopback host.
+    fn client_for(&self, url: &str) -> &reqwest::Client {
+        let loopback = reqwest::Url::parse(url).ok().is_some_and(|u| {
+            let host = u.host_str().unwrap_or("");
+            let bare = host.trim_start_matches('[').trim_end_matches(']');
+            host == "localhost"
+                || bare
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        });
+        if loopback { &self.direct } else { &self.http }
     }
 
     /// Fetches once. A key that arrives already expired is refused: the source is broken.
@@ -239,7 +261,7 @@ impl Fetcher {
         secrets: &[Option<&Secret>],
     ) -> Result<Vec<u8>, CredentialError> {
         let response = self
-            .http
+            .client_for(url)
             .get(url)
             .header("host", &sts.host_header)
             .header("user-agent", crate::api::client::user_agent())
@@ -381,7 +403,7 @@ impl Fetcher {
     async fn uri(&self, url: &str) -> Result<Fetched, CredentialError> {
         let what = format!("the credentials URI {}", shown_url(url));
         let response = self
-            .http
+            .client_for(url)
             .get(url)
             .send()
             .await
@@ -561,6 +583,25 @@ mod tests {
         for junk in [&b"not json"[..], b"[]", b"{\"Credentials\":7}", b""] {
             assert!(sts_credentials(junk, "sts").is_err());
             assert!(flat_credentials(junk, "uri").is_err());
+        }
+    }
+
+    #[test]
+    fn loopback_hosts_are_reached_without_a_proxy() {
+        let f = Fetcher::new().unwrap();
+        for local in [
+            "http://127.0.0.1:9/credentials-uri",
+            "http://localhost:8080/",
+            "http://[::1]:1/",
+        ] {
+            assert!(std::ptr::eq(f.client_for(local), &f.direct), "{local}");
+        }
+        for remote in [
+            "https://sts.aliyuncs.com/",
+            "http://10.0.0.1/x",
+            "not a url",
+        ] {
+            assert!(std::ptr::eq(f.client_for(remote), &f.http), "{remote}");
         }
     }
 
