@@ -337,6 +337,19 @@ async fn the_chain_keeps_its_order() {
     // 3. Then the CLI profile.
     let t = run(&[sts_at(&sim)], Some(home.path())).await;
     assert_eq!(t.assume_role, 1, "{t:?}");
+    // --profile names the profile and passes over the environment's key.
+    let profile_dir = dir.path().join("flag");
+    std::fs::create_dir(&profile_dir).unwrap();
+    let (code, _) = register(
+        &sim,
+        &context(&vars, Some(home.path())),
+        &profile_dir,
+        2,
+        &[&FAST[..], &["--profile", "role"]].concat(),
+    )
+    .await;
+    assert_eq!(code, 0);
+    assert_eq!(sim.stats().temporary.assume_role, 2);
     // 4. The metadata service comes before the credentials URI.
     let uri = (
         "ALIBABA_CLOUD_CREDENTIALS_URI",
