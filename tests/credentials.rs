@@ -468,6 +468,12 @@ async fn the_credentials_uri_source_survives_tokens_that_expire_mid_run() {
     assert_eq!(code, 0);
     assert_all_registered(&s, 500);
     let t = sim.stats().temporary;
+    eprintln!(
+        "credentials URI, 2-s tokens: {} fetches, {} expired refusals, {} OnsMqtt calls",
+        t.credentials_uri,
+        expired_refusals(&sim),
+        sim.stats().total_calls
+    );
     assert!(t.credentials_uri >= 3, "{t:?}");
     assert_eq!(expired_refusals(&sim), 0);
     sim.stop().await;
@@ -489,6 +495,11 @@ async fn a_token_refused_as_expired_is_renewed_once_and_the_call_retried() {
     assert_eq!(expired, 1, "the one key issued so far");
     assert_eq!(code, 0);
     assert_all_registered(&s, 300);
+    eprintln!(
+        "expired mid-run: {} calls refused as expired, each sent again; {} OnsMqtt calls",
+        expired_refusals(&sim),
+        sim.stats().total_calls
+    );
     assert!(expired_refusals(&sim) >= 1, "the service refused the key");
     assert_eq!(
         sim.stats().temporary.assume_role,
