@@ -1147,3 +1147,20 @@ async fn endpoints_with_userinfo_and_absurd_intervals_are_refused() {
     assert_eq!(code, 2, "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// An empty file given to a run (`touch provision.sqlite`) is still a ledger to be: the run
+/// gives it its schema; only the reading commands refuse it.
+#[tokio::test]
+async fn a_run_gives_an_empty_file_its_schema() {
+    let sim = simulator(fast()).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("touched.sqlite"), "").unwrap();
+    assert_eq!(
+        register(dir.path(), &sim, "touched", 2, "touched.sqlite").await,
+        0
+    );
+    let (code, out, err) =
+        binary(dir.path(), None, &["status", "--ledger", "touched.sqlite"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("2 targets: registered 2"), "{out}");
+}
