@@ -1164,3 +1164,78 @@ async fn a_run_gives_an_empty_file_its_schema() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("2 targets: registered 2"), "{out}");
 }
+
+/// Item 1, the simulator's files: its journal (a rehearsal's `rehearsal.sqlite.simulator`, every
+/// simulated secret) is made 0600 and never taken through a link; `--dump-credentials` writes a
+/// fresh 0600 file in place of a link, leaving its target alone.
+#[tokio::test]
+async fn the_simulators_secret_files_are_private_and_never_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = devices_csv(dir.path(), "rehearsed", 2);
+    let rehearse = ["register", csv.to_str().unwrap(), "--simulate", "--quiet"];
+    assert_eq!(binary(dir.path(), None, &rehearse).await.0, 0);
+    let journal = dir.path().join("rehearsal.sqlite.simulator");
+    std::fs::set_permissions(&journal, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let more = devices_csv(dir.path(), "more", 2);
+    let again = ["register", more.to_str().unwrap(), "--simulate", "--quiet"];
+    let (code, out, err) = binary(dir.path(), None, &again).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(mode(&journal), 0o600);
+
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::rename(&journal, &elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &journal).unwrap();
+    let before = std::fs::read(&elsewhere).unwrap();
+    let third = devices_csv(dir.path(), "third", 1);
+    let (code, out, err) = binary(
+        dir.path(),
+        None,
+        &["register", third.to_str().unwrap(), "--simulate", "--quiet"],
+    )
+    .await;
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(err.contains("symbolic link"), "{err}");
+    assert_eq!(std::fs::read(&elsewhere).unwrap(), before);
+
+    let victim = dir.path().join("victim.txt");
+    std::fs::write(&victim, "not yours\n").unwrap();
+    let link = dir.path().join("dump.csv");
+    std::os::unix::fs::symlink(&victim, &link).unwrap();
+    let mut child = std::process::Command::new(BIN)
+        .args([
+            "simulate",
+            "--listen",
+            "127.0.0.1:0",
+            "--dump-credentials",
+            "dump.csv",
+        ])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    // The signal handler is a task of its own: give it a moment to be in place.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // SAFETY: a child of this process, still running.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "not yours\n");
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_file()
+    );
+    assert_eq!(mode(&link), 0o600);
+    assert!(
+        std::fs::read_to_string(&link)
+            .unwrap()
+            .starts_with("instance_id,client_id")
+    );
+}

@@ -56,7 +56,7 @@ pub async fn verification_cert(
     let code = register_code_of(&access, &plan.instance_id).await?;
     let pem = crate::ca::verification_certificate(&ca_cert, &ca_key, &code)
         .map_err(|e| Failure::usage(anyhow!("{e}")))?;
-    std::fs::write(&args.out, pem)
+    Replacement::write_whole(&args.out, pem.as_bytes())
         .map_err(|e| Failure::halted(anyhow!("writing {}: {e}", args.out.display())))?;
     println!(
         "wrote {} (CN = registration code {code}); upload it with the CA certificate in the console",

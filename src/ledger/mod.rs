@@ -25,7 +25,7 @@ use std::collections::BTreeMap;
 
 pub use error::LedgerError;
 pub use location::LedgerLocation;
-pub use private_file::{Replacement, UnsafeFile};
+pub use private_file::{Replacement, UnsafeFile, open_private};
 pub use seal::{Opener, Sealer, is_sealed};
 pub use state::ItemState;
 

@@ -181,6 +181,13 @@ impl Replacement {
         self.temp.as_file()
     }
 
+    /// Writes `bytes` as the whole new content of `target`, in one rename.
+    pub fn write_whole(target: &Path, bytes: &[u8]) -> io::Result<()> {
+        let replacement = Replacement::create(target)?;
+        io::Write::write_all(&mut replacement.file(), bytes)?;
+        replacement.commit()
+    }
+
     /// Makes the content durable, then puts it at the target in one rename.
     pub fn commit(self) -> io::Result<()> {
         self.temp.as_file().sync_all()?;
