@@ -775,28 +775,40 @@ async fn a_ledger_after_a_clean_exit_is_whole_in_its_file_and_readable_read_only
     std::fs::copy(&ledger, ro.join("l.sqlite")).unwrap();
     let before = std::fs::read(ro.join("l.sqlite")).unwrap();
     let as_root = unsafe { libc::geteuid() } == 0;
-    let mut status = std::process::Command::new(BIN);
-    status
-        .args(["status", "--ledger", "ro/l.sqlite"])
-        .current_dir(backup.path());
     if as_root {
         // Root writes whatever the mode says: the inspection runs as nobody, who owns the copy.
         for p in [backup.path(), &ro, &ro.join("l.sqlite")] {
             let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
             assert_eq!(unsafe { libc::chown(c.as_ptr(), 65534, 65534) }, 0);
         }
-        std::os::unix::process::CommandExt::uid(&mut status, 65534);
-        std::os::unix::process::CommandExt::gid(&mut status, 65534);
     }
     std::fs::set_permissions(ro.join("l.sqlite"), std::fs::Permissions::from_mode(0o400)).unwrap();
     std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o555)).unwrap();
-    let out = tokio::task::spawn_blocking(move || status.output().unwrap())
-        .await
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{text}");
-    assert!(text.contains("20 targets: registered 20"), "{text}");
+    let inspect = |args: &[&str]| {
+        let mut c = std::process::Command::new(BIN);
+        c.args(args).current_dir(backup.path());
+        if as_root {
+            std::os::unix::process::CommandExt::uid(&mut c, 65534);
+            std::os::unix::process::CommandExt::gid(&mut c, 65534);
+        }
+        async move {
+            let out = tokio::task::spawn_blocking(move || c.output().unwrap())
+                .await
+                .unwrap();
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        }
+    };
+    let (code, out, err) = inspect(&["status", "--ledger", "ro/l.sqlite"]).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("20 targets: registered 20"), "{out}");
+    let (code, out, err) = inspect(&["export", "--ledger", "ro/l.sqlite"]).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(out.lines().count(), 21, "{out}");
+    assert!(err.contains("read-only"), "{err}");
     assert_eq!(std::fs::read(ro.join("l.sqlite")).unwrap(), before);
     std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o755)).unwrap();
 }

@@ -29,7 +29,7 @@ pub async fn status(args: StatusArgs) -> Result<ExitCode, Failure> {
 }
 
 pub async fn export(plan: ExportPlan) -> Result<ExitCode, Failure> {
-    let ledger = Ledger::open_existing(&plan.ledger)
+    let ledger = Ledger::open_for_export(&plan.ledger)
         .await
         .map_err(Failure::from)?;
     let out = plan.out.as_deref();
@@ -75,6 +75,12 @@ pub async fn export(plan: ExportPlan) -> Result<ExitCode, Failure> {
     };
     if let Some(path) = out {
         eprintln!("wrote {written} rows to {}", path.display());
+    }
+    if ledger.is_read_only() {
+        eprintln!(
+            "note: ledger {} is read-only for you: the export is not recorded, so the secrets these credentials replaced stay in it",
+            ledger.path()
+        );
     }
     ledger.close().await;
     Ok(ExitCode::Success)
