@@ -1251,3 +1251,37 @@ async fn the_simulators_secret_files_are_private_and_never_followed() {
             .starts_with("instance_id,client_id")
     );
 }
+
+/// Item 10's choice, guarded: a ledger at rest is a single file in rollback-journal mode; a run
+/// turning WAL back on while a reader holds it (a `status` at that moment) waits for the reader
+/// (SQLite's busy timeout) instead of failing.
+#[tokio::test]
+async fn a_run_starting_while_the_ledger_is_being_read_waits_for_the_reader() {
+    use sqlx::Connection as _;
+    let sim = simulator(fast()).await;
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(register(dir.path(), &sim, "first", 3, "l.sqlite").await, 0);
+    let ledger = dir.path().join("l.sqlite");
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&ledger)
+        .read_only(true);
+    let (held, holding) = tokio::sync::oneshot::channel();
+    let release = tokio::spawn(async move {
+        let mut reader = sqlx::SqliteConnection::connect_with(&options)
+            .await
+            .unwrap();
+        sqlx::query("BEGIN").execute(&mut reader).await.unwrap();
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM items")
+            .fetch_one(&mut reader)
+            .await
+            .unwrap();
+        held.send(n).unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+        sqlx::query("COMMIT").execute(&mut reader).await.unwrap();
+        reader.close().await.unwrap();
+    });
+    assert_eq!(holding.await.unwrap(), 3, "the reader holds the ledger");
+    assert_eq!(register(dir.path(), &sim, "second", 3, "l.sqlite").await, 0);
+    release.await.unwrap();
+    assert_eq!(sim.stats().credentials.issued_total, 6);
+}
