@@ -1285,3 +1285,39 @@ async fn a_run_starting_while_the_ledger_is_being_read_waits_for_the_reader() {
     release.await.unwrap();
     assert_eq!(sim.stats().credentials.issued_total, 6);
 }
+
+/// Item 4, the other half: the service itself is still reached through `HTTPS_PROXY` (a host
+/// under `.invalid`, so nothing leaves the machine: the proxy refuses the tunnel).
+#[tokio::test]
+async fn https_proxy_still_applies_to_the_service() {
+    let proxy = RawServer::start(b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n".to_vec());
+    let dir = tempfile::tempdir().unwrap();
+    let proxy_url = proxy.endpoint();
+    let csv = devices_csv(dir.path(), "proxied", 1);
+    let (code, _, err) = binary_env(
+        dir.path(),
+        None,
+        &[
+            "register",
+            csv.to_str().unwrap(),
+            "--instance-id",
+            "MQTT_TEST",
+            "--endpoint",
+            "https://onsmqtt.example.invalid",
+            "--max-attempts",
+            "1",
+            "--quiet",
+        ],
+        &[
+            ("ALIBABA_CLOUD_ACCESS_KEY_ID", "LTAI-hardening"),
+            ("ALIBABA_CLOUD_ACCESS_KEY_SECRET", "the-secret"),
+            ("HTTPS_PROXY", proxy_url.as_str()),
+        ],
+    )
+    .await;
+    assert_ne!(code, 0, "{err}");
+    assert!(
+        proxy.requests() >= 1,
+        "the call went through HTTPS_PROXY: {err}"
+    );
+}
