@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use common::*;
@@ -103,10 +103,12 @@ fn side(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Item 1: an export onto an existing world-readable file, or onto a symbolic link, writes a
-/// fresh 0600 file in place of the name: the old mode is not kept, the link's target is untouched.
+/// Item 1: an export onto an existing world-readable file writes a fresh 0600 file in place of
+/// the name (the old mode is not kept); onto a symbolic link, a device or a pipe it is refused
+/// (exit 2) and the link's target is untouched (renaming over `/dev/stdout` or `/dev/null`, as
+/// root, would break the system).
 #[tokio::test]
-async fn exports_replace_an_existing_file_or_link_with_a_fresh_private_file() {
+async fn exports_replace_an_existing_file_and_refuse_a_link() {
     let sim = simulator(fast()).await;
     let dir = tempfile::tempdir().unwrap();
     assert_eq!(register(dir.path(), &sim, "files", 5, "l.sqlite").await, 0);
@@ -114,36 +116,49 @@ async fn exports_replace_an_existing_file_or_link_with_a_fresh_private_file() {
     let open = dir.path().join("credentials.csv");
     std::fs::write(&open, "old\n").unwrap();
     std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, _, err) = binary(
+        dir.path(),
+        None,
+        &["export", "--ledger", "l.sqlite", "--out", "credentials.csv"],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        std::fs::symlink_metadata(&open)
+            .unwrap()
+            .file_type()
+            .is_file()
+    );
+    assert_eq!(mode(&open), 0o600);
+    let text = std::fs::read_to_string(&open).unwrap();
+    assert_eq!(text.lines().count(), 6, "{text}");
+
     let victim = dir.path().join("victim.txt");
     std::fs::write(&victim, "not yours\n").unwrap();
     let link = dir.path().join("link.csv");
     std::os::unix::fs::symlink(&victim, &link).unwrap();
-
-    for out in [&open, &link] {
+    for out in ["link.csv", "/dev/null"] {
         let (code, _, err) = binary(
             dir.path(),
             None,
-            &[
-                "export",
-                "--ledger",
-                "l.sqlite",
-                "--out",
-                out.to_str().unwrap(),
-            ],
+            &["export", "--ledger", "l.sqlite", "--out", out],
         )
         .await;
-        assert_eq!(code, 0, "{err}");
-        let meta = std::fs::symlink_metadata(out).unwrap();
-        assert!(
-            meta.file_type().is_file(),
-            "{} is a regular file now",
-            out.display()
-        );
-        assert_eq!(mode(out), 0o600, "{}", out.display());
-        let text = std::fs::read_to_string(out).unwrap();
-        assert_eq!(text.lines().count(), 6, "{text}");
+        assert_eq!(code, 2, "{out}: {err}");
     }
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "not yours\n");
+    assert!(
+        std::fs::symlink_metadata("/dev/null")
+            .unwrap()
+            .file_type()
+            .is_char_device()
+    );
 
     // `cert list --out` the same way (no certificates: a header only, but a fresh 0600 file).
     let list = dir.path().join("certs.csv");
@@ -168,6 +183,23 @@ async fn exports_replace_an_existing_file_or_link_with_a_fresh_private_file() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(mode(&list), 0o600);
     assert!(!std::fs::read_to_string(&list).unwrap().contains("old"));
+    let (code, _, err) = binary(
+        dir.path(),
+        Some(&sim),
+        &[
+            "cert",
+            "list",
+            "--instance-id",
+            &sim.instance_id,
+            "--endpoint",
+            &endpoint,
+            "--out",
+            "link.csv",
+        ],
+    )
+    .await;
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "not yours\n");
     // No temporary file is left behind.
     let names: Vec<String> = std::fs::read_dir(dir.path())
         .unwrap()
@@ -1178,8 +1210,8 @@ async fn a_run_gives_an_empty_file_its_schema() {
 }
 
 /// Item 1, the simulator's files: its journal (a rehearsal's `rehearsal.sqlite.simulator`, every
-/// simulated secret) is made 0600 and never taken through a link; `--dump-credentials` writes a
-/// fresh 0600 file in place of a link, leaving its target alone.
+/// simulated secret) is made 0600 and never taken through a link; `--dump-credentials` onto a
+/// link is refused (exit 3), leaving its target alone.
 #[tokio::test]
 async fn the_simulators_secret_files_are_private_and_never_followed() {
     let dir = tempfile::tempdir().unwrap();
@@ -1236,19 +1268,13 @@ async fn the_simulators_secret_files_are_private_and_never_followed() {
     // SAFETY: a child of this process, still running.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
     let status = child.wait().unwrap();
-    assert!(status.success(), "{status:?}");
+    assert_eq!(status.code(), Some(3), "the dump was refused: {status:?}");
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "not yours\n");
     assert!(
         std::fs::symlink_metadata(&link)
             .unwrap()
             .file_type()
-            .is_file()
-    );
-    assert_eq!(mode(&link), 0o600);
-    assert!(
-        std::fs::read_to_string(&link)
-            .unwrap()
-            .starts_with("instance_id,client_id")
+            .is_symlink()
     );
 }
 

@@ -42,6 +42,11 @@ pub async fn export(plan: ExportPlan) -> Result<ExitCode, Failure> {
             ledger.path()
         )));
     }
+    if let Some(path) = out
+        && let Some(reason) = crate::ledger::Replacement::refusal(path)
+    {
+        return Err(Failure::usage(anyhow!("--out {} {reason}", path.display())));
+    }
     let identity = plan.identity.as_deref();
     let names = |states: &[crate::ledger::ItemState]| -> Vec<&'static str> {
         states.iter().map(|s| s.as_str()).collect()
