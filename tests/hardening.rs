@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use common::*;
@@ -103,10 +103,12 @@ fn side(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Item 1: an export onto an existing world-readable file, or onto a symbolic link, writes a
-/// fresh 0600 file in place of the name: the old mode is not kept, the link's target is untouched.
+/// Item 1: an export onto an existing world-readable file writes a fresh 0600 file in place of
+/// the name (the old mode is not kept); onto a symbolic link, a device or a pipe it is refused
+/// (exit 2) and the link's target is untouched (renaming over `/dev/stdout` or `/dev/null`, as
+/// root, would break the system).
 #[tokio::test]
-async fn exports_replace_an_existing_file_or_link_with_a_fresh_private_file() {
+async fn exports_replace_an_existing_file_and_refuse_a_link() {
     let sim = simulator(fast()).await;
     let dir = tempfile::tempdir().unwrap();
     assert_eq!(register(dir.path(), &sim, "files", 5, "l.sqlite").await, 0);
@@ -114,36 +116,49 @@ async fn exports_replace_an_existing_file_or_link_with_a_fresh_private_file() {
     let open = dir.path().join("credentials.csv");
     std::fs::write(&open, "old\n").unwrap();
     std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, _, err) = binary(
+        dir.path(),
+        None,
+        &["export", "--ledger", "l.sqlite", "--out", "credentials.csv"],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        std::fs::symlink_metadata(&open)
+            .unwrap()
+            .file_type()
+            .is_file()
+    );
+    assert_eq!(mode(&open), 0o600);
+    let text = std::fs::read_to_string(&open).unwrap();
+    assert_eq!(text.lines().count(), 6, "{text}");
+
     let victim = dir.path().join("victim.txt");
     std::fs::write(&victim, "not yours\n").unwrap();
     let link = dir.path().join("link.csv");
     std::os::unix::fs::symlink(&victim, &link).unwrap();
-
-    for out in [&open, &link] {
+    for out in ["link.csv", "/dev/null"] {
         let (code, _, err) = binary(
             dir.path(),
             None,
-            &[
-                "export",
-                "--ledger",
-                "l.sqlite",
-                "--out",
-                out.to_str().unwrap(),
-            ],
+            &["export", "--ledger", "l.sqlite", "--out", out],
         )
         .await;
-        assert_eq!(code, 0, "{err}");
-        let meta = std::fs::symlink_metadata(out).unwrap();
-        assert!(
-            meta.file_type().is_file(),
-            "{} is a regular file now",
-            out.display()
-        );
-        assert_eq!(mode(out), 0o600, "{}", out.display());
-        let text = std::fs::read_to_string(out).unwrap();
-        assert_eq!(text.lines().count(), 6, "{text}");
+        assert_eq!(code, 2, "{out}: {err}");
     }
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "not yours\n");
+    assert!(
+        std::fs::symlink_metadata("/dev/null")
+            .unwrap()
+            .file_type()
+            .is_char_device()
+    );
 
     // `cert list --out` the same way (no certificates: a header only, but a fresh 0600 file).
     let list = dir.path().join("certs.csv");
@@ -168,6 +183,23 @@ async fn exports_replace_an_existing_file_or_link_with_a_fresh_private_file() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(mode(&list), 0o600);
     assert!(!std::fs::read_to_string(&list).unwrap().contains("old"));
+    let (code, _, err) = binary(
+        dir.path(),
+        Some(&sim),
+        &[
+            "cert",
+            "list",
+            "--instance-id",
+            &sim.instance_id,
+            "--endpoint",
+            &endpoint,
+            "--out",
+            "link.csv",
+        ],
+    )
+    .await;
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "not yours\n");
     // No temporary file is left behind.
     let names: Vec<String> = std::fs::read_dir(dir.path())
         .unwrap()
@@ -775,28 +807,40 @@ async fn a_ledger_after_a_clean_exit_is_whole_in_its_file_and_readable_read_only
     std::fs::copy(&ledger, ro.join("l.sqlite")).unwrap();
     let before = std::fs::read(ro.join("l.sqlite")).unwrap();
     let as_root = unsafe { libc::geteuid() } == 0;
-    let mut status = std::process::Command::new(BIN);
-    status
-        .args(["status", "--ledger", "ro/l.sqlite"])
-        .current_dir(backup.path());
     if as_root {
         // Root writes whatever the mode says: the inspection runs as nobody, who owns the copy.
         for p in [backup.path(), &ro, &ro.join("l.sqlite")] {
             let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
             assert_eq!(unsafe { libc::chown(c.as_ptr(), 65534, 65534) }, 0);
         }
-        std::os::unix::process::CommandExt::uid(&mut status, 65534);
-        std::os::unix::process::CommandExt::gid(&mut status, 65534);
     }
     std::fs::set_permissions(ro.join("l.sqlite"), std::fs::Permissions::from_mode(0o400)).unwrap();
     std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o555)).unwrap();
-    let out = tokio::task::spawn_blocking(move || status.output().unwrap())
-        .await
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{text}");
-    assert!(text.contains("20 targets: registered 20"), "{text}");
+    let inspect = |args: &[&str]| {
+        let mut c = std::process::Command::new(BIN);
+        c.args(args).current_dir(backup.path());
+        if as_root {
+            std::os::unix::process::CommandExt::uid(&mut c, 65534);
+            std::os::unix::process::CommandExt::gid(&mut c, 65534);
+        }
+        async move {
+            let out = tokio::task::spawn_blocking(move || c.output().unwrap())
+                .await
+                .unwrap();
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        }
+    };
+    let (code, out, err) = inspect(&["status", "--ledger", "ro/l.sqlite"]).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("20 targets: registered 20"), "{out}");
+    let (code, out, err) = inspect(&["export", "--ledger", "ro/l.sqlite"]).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(out.lines().count(), 21, "{out}");
+    assert!(err.contains("read-only"), "{err}");
     assert_eq!(std::fs::read(ro.join("l.sqlite")).unwrap(), before);
     std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
@@ -1146,4 +1190,160 @@ async fn endpoints_with_userinfo_and_absurd_intervals_are_refused() {
     .await;
     assert_eq!(code, 2, "{err}");
     assert!(!err.contains("panicked"), "{err}");
+}
+
+/// An empty file given to a run (`touch provision.sqlite`) is still a ledger to be: the run
+/// gives it its schema; only the reading commands refuse it.
+#[tokio::test]
+async fn a_run_gives_an_empty_file_its_schema() {
+    let sim = simulator(fast()).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("touched.sqlite"), "").unwrap();
+    assert_eq!(
+        register(dir.path(), &sim, "touched", 2, "touched.sqlite").await,
+        0
+    );
+    let (code, out, err) =
+        binary(dir.path(), None, &["status", "--ledger", "touched.sqlite"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("2 targets: registered 2"), "{out}");
+}
+
+/// Item 1, the simulator's files: its journal (a rehearsal's `rehearsal.sqlite.simulator`, every
+/// simulated secret) is made 0600 and never taken through a link; `--dump-credentials` onto a
+/// link is refused (exit 3), leaving its target alone.
+#[tokio::test]
+async fn the_simulators_secret_files_are_private_and_never_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = devices_csv(dir.path(), "rehearsed", 2);
+    let rehearse = ["register", csv.to_str().unwrap(), "--simulate", "--quiet"];
+    assert_eq!(binary(dir.path(), None, &rehearse).await.0, 0);
+    let journal = dir.path().join("rehearsal.sqlite.simulator");
+    std::fs::set_permissions(&journal, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let more = devices_csv(dir.path(), "more", 2);
+    let again = ["register", more.to_str().unwrap(), "--simulate", "--quiet"];
+    let (code, out, err) = binary(dir.path(), None, &again).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(mode(&journal), 0o600);
+
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::rename(&journal, &elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &journal).unwrap();
+    let before = std::fs::read(&elsewhere).unwrap();
+    let third = devices_csv(dir.path(), "third", 1);
+    let (code, out, err) = binary(
+        dir.path(),
+        None,
+        &["register", third.to_str().unwrap(), "--simulate", "--quiet"],
+    )
+    .await;
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(err.contains("symbolic link"), "{err}");
+    assert_eq!(std::fs::read(&elsewhere).unwrap(), before);
+
+    let victim = dir.path().join("victim.txt");
+    std::fs::write(&victim, "not yours\n").unwrap();
+    let link = dir.path().join("dump.csv");
+    std::os::unix::fs::symlink(&victim, &link).unwrap();
+    let mut child = std::process::Command::new(BIN)
+        .args([
+            "simulate",
+            "--listen",
+            "127.0.0.1:0",
+            "--dump-credentials",
+            "dump.csv",
+        ])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    // The signal handler is a task of its own: give it a moment to be in place.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // SAFETY: a child of this process, still running.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(3), "the dump was refused: {status:?}");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "not yours\n");
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+}
+
+/// Item 10's choice, guarded: a ledger at rest is a single file in rollback-journal mode; a run
+/// turning WAL back on while a reader holds it (a `status` at that moment) waits for the reader
+/// (SQLite's busy timeout) instead of failing.
+#[tokio::test]
+async fn a_run_starting_while_the_ledger_is_being_read_waits_for_the_reader() {
+    use sqlx::Connection as _;
+    let sim = simulator(fast()).await;
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(register(dir.path(), &sim, "first", 3, "l.sqlite").await, 0);
+    let ledger = dir.path().join("l.sqlite");
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&ledger)
+        .read_only(true);
+    let (held, holding) = tokio::sync::oneshot::channel();
+    let release = tokio::spawn(async move {
+        let mut reader = sqlx::SqliteConnection::connect_with(&options)
+            .await
+            .unwrap();
+        sqlx::query("BEGIN").execute(&mut reader).await.unwrap();
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM items")
+            .fetch_one(&mut reader)
+            .await
+            .unwrap();
+        held.send(n).unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+        sqlx::query("COMMIT").execute(&mut reader).await.unwrap();
+        reader.close().await.unwrap();
+    });
+    assert_eq!(holding.await.unwrap(), 3, "the reader holds the ledger");
+    assert_eq!(register(dir.path(), &sim, "second", 3, "l.sqlite").await, 0);
+    release.await.unwrap();
+    assert_eq!(sim.stats().credentials.issued_total, 6);
+}
+
+/// Item 4, the other half: the service itself is still reached through `HTTPS_PROXY` (a host
+/// under `.invalid`, so nothing leaves the machine: the proxy refuses the tunnel).
+#[tokio::test]
+async fn https_proxy_still_applies_to_the_service() {
+    let proxy = RawServer::start(b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n".to_vec());
+    let dir = tempfile::tempdir().unwrap();
+    let proxy_url = proxy.endpoint();
+    let csv = devices_csv(dir.path(), "proxied", 1);
+    let (code, _, err) = binary_env(
+        dir.path(),
+        None,
+        &[
+            "register",
+            csv.to_str().unwrap(),
+            "--instance-id",
+            "MQTT_TEST",
+            "--endpoint",
+            "https://onsmqtt.example.invalid",
+            "--max-attempts",
+            "1",
+            "--quiet",
+        ],
+        &[
+            ("ALIBABA_CLOUD_ACCESS_KEY_ID", "LTAI-hardening"),
+            ("ALIBABA_CLOUD_ACCESS_KEY_SECRET", "the-secret"),
+            ("HTTPS_PROXY", proxy_url.as_str()),
+        ],
+    )
+    .await;
+    assert_ne!(code, 0, "{err}");
+    assert!(
+        proxy.requests() >= 1,
+        "the call went through HTTPS_PROXY: {err}"
+    );
 }

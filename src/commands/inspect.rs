@@ -29,7 +29,7 @@ pub async fn status(args: StatusArgs) -> Result<ExitCode, Failure> {
 }
 
 pub async fn export(plan: ExportPlan) -> Result<ExitCode, Failure> {
-    let ledger = Ledger::open_existing(&plan.ledger)
+    let ledger = Ledger::open_for_export(&plan.ledger)
         .await
         .map_err(Failure::from)?;
     let out = plan.out.as_deref();
@@ -41,6 +41,11 @@ pub async fn export(plan: ExportPlan) -> Result<ExitCode, Failure> {
             path.display(),
             ledger.path()
         )));
+    }
+    if let Some(path) = out
+        && let Some(reason) = crate::ledger::Replacement::refusal(path)
+    {
+        return Err(Failure::usage(anyhow!("--out {} {reason}", path.display())));
     }
     let identity = plan.identity.as_deref();
     let names = |states: &[crate::ledger::ItemState]| -> Vec<&'static str> {
@@ -96,6 +101,12 @@ pub async fn export(plan: ExportPlan) -> Result<ExitCode, Failure> {
     };
     if let Some(path) = out {
         eprintln!("wrote {written} rows to {}", path.display());
+    }
+    if ledger.is_read_only() {
+        eprintln!(
+            "note: ledger {} is read-only for you: the export is not recorded, so the secrets these credentials replaced stay in it",
+            ledger.path()
+        );
     }
     ledger.close().await;
     Ok(ExitCode::Success)

@@ -33,17 +33,12 @@ pub async fn run(config: SimConfig, context: &RunContext) -> Result<ExitCode, Fa
     if let Some(path) = stats_out {
         let json =
             serde_json::to_vec_pretty(&handle.stats()).map_err(|e| Failure::halted(anyhow!(e)))?;
-        std::fs::write(&path, json)
+        Replacement::write_whole(&path, &json)
             .with_context(|| format!("writing {}", path.display()))
             .map_err(Failure::halted)?;
     }
     if let Some(path) = dump {
-        let csv = handle.credentials_csv();
-        Replacement::create(&path)
-            .and_then(|r| {
-                std::io::Write::write_all(&mut r.file(), csv.as_bytes())?;
-                r.commit()
-            })
+        Replacement::write_whole(&path, handle.credentials_csv().as_bytes())
             .with_context(|| format!("writing {}", path.display()))
             .map_err(Failure::halted)?;
     }

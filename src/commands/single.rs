@@ -50,13 +50,19 @@ pub async fn verification_cert(
         std::fs::read_to_string(p).map_err(|e| Failure::usage(anyhow!("{}: {e}", p.display())))
     };
     let (ca_cert, ca_key) = (read(&args.ca_cert)?, read(&args.ca_key)?);
+    if let Some(reason) = Replacement::refusal(&args.out) {
+        return Err(Failure::usage(anyhow!(
+            "--out {} {reason}",
+            args.out.display()
+        )));
+    }
     // Check the CA files before spending a call.
     crate::ca::check_ca(&ca_cert, &ca_key).map_err(|e| Failure::usage(anyhow!("{e}")))?;
     let access = Access::connect(&plan, context).await?;
     let code = register_code_of(&access, &plan.instance_id).await?;
     let pem = crate::ca::verification_certificate(&ca_cert, &ca_key, &code)
         .map_err(|e| Failure::usage(anyhow!("{e}")))?;
-    std::fs::write(&args.out, pem)
+    Replacement::write_whole(&args.out, pem.as_bytes())
         .map_err(|e| Failure::halted(anyhow!("writing {}: {e}", args.out.display())))?;
     println!(
         "wrote {} (CN = registration code {code}); upload it with the CA certificate in the console",
@@ -69,6 +75,12 @@ pub async fn verification_cert(
 pub async fn cert_list(args: ListArgs, context: &RunContext) -> Result<ExitCode, Failure> {
     let plan = plan::single_call(&args.call)?;
     let to_stdout = args.out.as_os_str() == "-";
+    if !to_stdout && let Some(reason) = Replacement::refusal(&args.out) {
+        return Err(Failure::usage(anyhow!(
+            "--out {} {reason}",
+            args.out.display()
+        )));
+    }
     let access = Access::connect(&plan, context).await?;
     // A file appears only once whole, fresh and 0600 (never an existing file, never a link's
     // target).

@@ -25,7 +25,7 @@ use std::collections::BTreeMap;
 
 pub use error::LedgerError;
 pub use location::LedgerLocation;
-pub use private_file::{Replacement, UnsafeFile};
+pub use private_file::{Replacement, UnsafeFile, open_private};
 pub use seal::{Opener, Sealer, is_sealed};
 pub use state::ItemState;
 
@@ -184,6 +184,24 @@ macro_rules! delegate {
     };
 }
 
+/// Whether this user may write the file and create its journal beside it (the effective user, as
+/// the kernel will check it), asked without opening the file.
+fn may_write(path: &std::path::Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    [path, dir].iter().all(|p| {
+        std::ffi::CString::new(p.as_os_str().as_bytes()).is_ok_and(|c| {
+            // SAFETY: a valid NUL-terminated path; faccessat only reads it.
+            unsafe {
+                libc::faccessat(libc::AT_FDCWD, c.as_ptr(), libc::W_OK, libc::AT_EACCESS) == 0
+            }
+        })
+    })
+}
+
 /// Now, in the epoch milliseconds every backend stores (portable, no time zone types).
 fn now_ms() -> i64 {
     jiff::Timestamp::now().as_millisecond()
@@ -222,6 +240,15 @@ impl Ledger {
     /// was exported (and migrates an older schema). A missing or empty ledger is an error.
     pub async fn open_existing(location: &LedgerLocation) -> Result<Ledger, LedgerError> {
         Self::open_shared(location, false).await
+    }
+
+    /// Opens an existing ledger for `export`: to record what was exported when this user may
+    /// write it, else read-only (the export is written all the same; nothing is recorded).
+    pub async fn open_for_export(location: &LedgerLocation) -> Result<Ledger, LedgerError> {
+        let writable = match location {
+            LedgerLocation::SqliteFile(path) => may_write(path),
+        };
+        Self::open_shared(location, !writable).await
     }
 
     /// Opens an existing ledger only to read it (`status`, `show`), alongside a running worker:
@@ -445,6 +472,11 @@ impl Ledger {
     /// Whether a run (this process's or another's) holds the ledger now.
     pub fn held_by_a_run(&self) -> bool {
         on_store!(self, s => s.held_by_a_run())
+    }
+
+    /// Whether it was opened read-only (nothing it is asked to record is recorded).
+    pub fn is_read_only(&self) -> bool {
+        on_store!(self, s => s.is_read_only())
     }
 
     /// Whether writing to `path` would write over this ledger or one of its files (compared by

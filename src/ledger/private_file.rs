@@ -9,8 +9,8 @@
 //!   was planted with;
 //! - a file written whole ([`Replacement`]: exports, certificate lists, credential dumps) is
 //!   written to a fresh 0600 file created exclusively in the same directory, then renamed over
-//!   the target: an existing file's owner and mode are never reused, and a symbolic link at the
-//!   target is replaced, never written through.
+//!   the target: an existing file's owner and mode are never reused; a target that is a
+//!   symbolic link, a device or a pipe is refused, never written through.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -156,9 +156,32 @@ pub struct Replacement {
 }
 
 impl Replacement {
+    /// Why `target` cannot be replaced: it is a symbolic link (a rename would replace the link,
+    /// and as root `/dev/stdout` is one), or a device, pipe or directory (`/dev/null` renamed
+    /// over would become a file of secrets). `None`: missing, or a regular file.
+    pub fn refusal(target: &Path) -> Option<&'static str> {
+        let meta = std::fs::symlink_metadata(target).ok()?;
+        if meta.file_type().is_symlink() {
+            Some(
+                "is a symbolic link; give the file itself (or leave --out out for standard output)",
+            )
+        } else if !meta.file_type().is_file() {
+            Some("is not a regular file; give a file (or leave --out out for standard output)")
+        } else {
+            None
+        }
+    }
+
     /// Creates the temporary file in the target's directory (exclusively, so never through a
-    /// link planted there; 0600 whatever the umask).
+    /// link planted there; 0600 whatever the umask). A target that is a link or not a regular
+    /// file is refused ([`Replacement::refusal`]).
     pub fn create(target: &Path) -> io::Result<Replacement> {
+        if let Some(reason) = Self::refusal(target) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} {reason}", target.display()),
+            ));
+        }
         let dir = match target.parent() {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),
@@ -179,6 +202,13 @@ impl Replacement {
 
     pub fn file(&self) -> &File {
         self.temp.as_file()
+    }
+
+    /// Writes `bytes` as the whole new content of `target`, in one rename.
+    pub fn write_whole(target: &Path, bytes: &[u8]) -> io::Result<()> {
+        let replacement = Replacement::create(target)?;
+        io::Write::write_all(&mut replacement.file(), bytes)?;
+        replacement.commit()
     }
 
     /// Makes the content durable, then puts it at the target in one rename.

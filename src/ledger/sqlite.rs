@@ -262,6 +262,10 @@ impl SqliteStore {
         database_error(&self.path, &error)
     }
 
+    pub(super) fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
     pub(super) fn path(&self) -> &str {
         &self.path
     }

@@ -323,7 +323,10 @@ pub async fn export_current(
     }
     w.finish((n == 0).then_some(&CREDENTIAL_COLUMNS[..]))?;
     destination.commit()?;
-    ledger.mark_current_exported(&exported).await?;
+    // A read-only ledger cannot record it: what the exported credentials replaced is kept.
+    if !ledger.is_read_only() {
+        ledger.mark_current_exported(&exported).await?;
+    }
     Ok(n)
 }
 
@@ -362,7 +365,9 @@ pub async fn export_credentials(
     w.finish((n == 0).then_some(&CREDENTIAL_COLUMNS[..7]))?;
     destination.commit()?;
     // Only once the file is complete: a rotated row's previous secret is no longer needed.
-    ledger.mark_exported(operation, &exported).await?;
+    if !ledger.is_read_only() {
+        ledger.mark_exported(operation, &exported).await?;
+    }
     Ok(n)
 }
 

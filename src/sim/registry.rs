@@ -80,29 +80,32 @@ impl Registry {
         let Some(path) = state else {
             return Ok(registry);
         };
-        if path.exists() {
-            let file = File::open(path)?;
-            for (n, line) in BufReader::new(file).lines().enumerate() {
-                let line = line?;
-                if line.trim().is_empty() {
-                    continue;
-                }
-                match serde_json::from_str::<JournalEntry>(&line) {
-                    Ok(entry) => registry.apply(entry),
-                    // A torn last line from a killed simulator: everything before it stands.
-                    Err(e) => tracing::warn!(
-                        "{}:{}: skipping unreadable journal line: {e}",
-                        path.display(),
-                        n + 1
-                    ),
-                }
+        // It holds every simulated secret: never through a link, only a file of this user, 0600.
+        let mut journal = crate::ledger::open_private(path).map_err(|e| match e {
+            crate::ledger::UnsafeFile::Io(e) => e,
+            refused => std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!("journal {}: {refused}", path.display()),
+            ),
+        })?;
+        for (n, line) in BufReader::new(&journal).lines().enumerate() {
+            let line = line?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            match serde_json::from_str::<JournalEntry>(&line) {
+                Ok(entry) => registry.apply(entry),
+                // A torn last line from a killed simulator: everything before it stands.
+                Err(e) => tracing::warn!(
+                    "{}:{}: skipping unreadable journal line: {e}",
+                    path.display(),
+                    n + 1
+                ),
             }
         }
-        let mut options = std::fs::OpenOptions::new();
-        options.create(true).append(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        registry.journal = Some(options.open(path)?);
+        // Appended to from here on.
+        std::io::Seek::seek(&mut journal, std::io::SeekFrom::End(0))?;
+        registry.journal = Some(journal);
         Ok(registry)
     }
 
