@@ -223,6 +223,13 @@ impl OnsMqttClient {
         })
     }
 
+    /// Waits until the run's first answer has set the signing clock (or the call that went
+    /// first could not connect). A paced pipeline calls it after its first call, before taking
+    /// the next grant.
+    pub async fn clock_settled(&self) {
+        self.config.clock.settled().await
+    }
+
     pub fn source_address(&self) -> Option<IpAddr> {
         self.config.source_address
     }

@@ -6,7 +6,10 @@
 //! clock's offset on every answer and, when it is more than [`TOLERANCE`] off, signs with local
 //! time plus that offset (AWS's SDKs call this clock skew correction; the Alibaba SDKs do not).
 //! Until the first answer has been read, one call goes alone and the others wait for it (one
-//! round trip), so a wrong clock costs one refused call, not one per call in flight.
+//! round trip), so a wrong clock costs one refused call, not one per call in flight. A paced
+//! pipeline waits for that answer *before* it takes the next pacer grant ([`ServiceClock::settled`]):
+//! calls that had their grants and then waited would all leave together when it came, a bunch
+//! the per-IP limit counts.
 //!
 //! It owns the offset and the calibration gate; it never sends anything itself.
 
@@ -97,6 +100,24 @@ impl ServiceClock {
             }
             // Nobody is measuring: this call does.
             if !self.probing.swap(true, Ordering::AcqRel) {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Waits until the first answer has been read, or no call is out measuring (the one that
+    /// went could not connect), without becoming the measuring call itself; bounded like
+    /// [`ServiceClock::calibrated`].
+    pub async fn settled(&self) {
+        let deadline = tokio::time::Instant::now() + CALIBRATION_WAIT;
+        loop {
+            let notified = self.ready.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.calibrated.load(Ordering::Acquire) || !self.probing.load(Ordering::Acquire) {
                 return;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
@@ -233,6 +254,31 @@ mod tests {
             .await
             .expect("released by the answer")
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_dispatcher_waits_for_the_first_answer_without_measuring() {
+        let clock = std::sync::Arc::new(ServiceClock::default());
+        // Nothing is out measuring yet: nothing to wait for.
+        tokio::time::timeout(Duration::from_millis(100), clock.settled())
+            .await
+            .expect("no probe, no wait");
+        clock.calibrated().await; // the first call goes
+        let dispatcher = {
+            let clock = clock.clone();
+            tokio::spawn(async move { clock.settled().await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!dispatcher.is_finished(), "waits for the first answer");
+        clock.observe(Some(&http_date(jiff::Timestamp::now())));
+        tokio::time::timeout(Duration::from_secs(1), dispatcher)
+            .await
+            .expect("released by the answer")
+            .unwrap();
+        // Waiting never took the probe's role: the gate is open for everyone.
+        tokio::time::timeout(Duration::from_millis(100), clock.calibrated())
+            .await
+            .expect("calibrated");
     }
 
     #[tokio::test]

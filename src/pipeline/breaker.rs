@@ -86,6 +86,8 @@ pub struct OutageView {
 }
 
 pub struct Breaker {
+    /// Answers from the service so far (any answer: it is up).
+    answers: std::sync::atomic::AtomicU64,
     state: Mutex<State>,
     changed: Notify,
     patience: Duration,
@@ -94,6 +96,7 @@ pub struct Breaker {
 impl Breaker {
     pub fn new(patience: Duration) -> Self {
         Breaker {
+            answers: std::sync::atomic::AtomicU64::new(0),
             state: Mutex::new(State {
                 phase: Phase::Closed,
                 streak: 0,
@@ -109,6 +112,12 @@ impl Breaker {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How many answers the service has given so far; unchanged between two failures of a
+    /// target means nobody got one meanwhile.
+    pub fn answers(&self) -> u64 {
+        self.answers.load(Ordering::Relaxed)
     }
 
     /// Whether calls are held (open or half-open).
@@ -172,6 +181,7 @@ impl Breaker {
     pub fn record(&self, outage: Option<&ApiError>, view: &OutageView) -> bool {
         let mut s = self.lock();
         let Some(e) = outage else {
+            self.answers.fetch_add(1, Ordering::Relaxed);
             if s.phase != Phase::Closed {
                 let lasted = s
                     .since

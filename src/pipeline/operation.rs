@@ -14,6 +14,7 @@ use crate::ledger::{ItemState, OutcomeRecord, WorkItem};
 use crate::secret::Secret;
 use crate::target::Target;
 
+use super::breaker;
 use super::worker::{CallError, Worker};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,6 +160,8 @@ pub(crate) struct Attempt {
     pub grant: Option<usize>,
     pub last_error: Option<ApiError>,
     pub previous_secret: Option<Secret>,
+    /// The service's answer count at this target's last outage-like failure.
+    pub outage_mark: Option<u64>,
 }
 
 impl Attempt {
@@ -171,6 +174,7 @@ impl Attempt {
             grant,
             last_error: None,
             previous_secret: None,
+            outage_mark: None,
         }
     }
 
@@ -236,7 +240,20 @@ async fn common_error(worker: &Worker, a: &mut Attempt, e: CallError) -> Next {
                 Next::Retry
             }
         }
+        // Failing again the way an outage does, with no answer from the service to anyone since
+        // the last time: the outage is starting (the breaker opens after a few such failures),
+        // and it is not this target's fault. Waits like a retry, uncounted.
+        _ if breaker::is_outage(&e) && a.outage_mark == Some(worker.answers_seen()) => {
+            if worker.backoff(a.failures.max(1)).await {
+                Next::Retry
+            } else {
+                Next::Finish(ItemState::Pending)
+            }
+        }
         _ => {
+            if breaker::is_outage(&e) {
+                a.outage_mark = Some(worker.answers_seen());
+            }
             a.failures += 1;
             if a.failures >= worker.max_attempts() {
                 return Next::Finish(ItemState::Failed);

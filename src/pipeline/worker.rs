@@ -76,6 +76,13 @@ impl Worker {
         self.plan.operation
     }
 
+    /// Resolves once the first answer has set the signing clock (every client shares it).
+    pub async fn clock_settled(&self) {
+        if let Some(client) = self.clients.first() {
+            client.clock_settled().await;
+        }
+    }
+
     pub fn stopping(&self) -> bool {
         self.stop.is_cancelled()
     }
@@ -114,6 +121,11 @@ impl Worker {
     /// service.
     pub(crate) fn outage_holds(&self, e: &ApiError) -> bool {
         breaker::is_outage(e) && self.breaker.is_open()
+    }
+
+    /// Answers from the service so far (see [`Breaker::answers`]).
+    pub(crate) fn answers_seen(&self) -> u64 {
+        self.breaker.answers()
     }
 
     /// Waits out the backoff after the `failures`-th transient failure of a target. False if
