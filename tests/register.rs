@@ -218,7 +218,7 @@ async fn wrong_credentials_halt_with_exit_3_and_nothing_lost() {
 async fn throttling_by_a_stricter_server_completes_with_few_throttles() {
     let dir = tempfile::tempdir().unwrap();
     // The server admits 200/s; the worker believes 500/s, so its first second overshoots by
-    // about 290 calls whatever it does. After that AIMD must keep throttles rare.
+    // about 290 calls whatever it does. After that the controller must keep throttles rare.
     let sim = simulator(SimConfig {
         account_qps: 200,
         ip_qps: 5000,
