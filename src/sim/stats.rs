@@ -20,6 +20,9 @@ pub struct Stats {
     pub calls: BTreeMap<String, BTreeMap<String, u64>>,
     /// Calls refused by the per-account per-API limit.
     pub throttled: u64,
+    /// Calls refused with SystemOverFlow by the overload model (`--capacity-qps`).
+    #[serde(default)]
+    pub overloaded: u64,
     /// Calls refused because their source IP was blocked (including the one that tripped it).
     pub blocked_refusals: u64,
     /// Source IPs that were ever blocked.
