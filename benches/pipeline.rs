@@ -123,6 +123,22 @@ fn steady_rate(stats: &serde_json::Value) -> f64 {
     steady.iter().sum::<f64>() / steady.len() as f64
 }
 
+/// The share of calls the server refused (flow control, overload) over the steady phase, whole
+/// seconds with the first 2 and last 2 dropped as in `steady_rate`, in percent.
+fn steady_refused_share(stats: &serde_json::Value) -> f64 {
+    let series = |key: &str| -> Vec<f64> {
+        stats[key]
+            .as_array()
+            .map(|a| a.iter().map(|v| v.as_f64().unwrap()).collect())
+            .unwrap_or_default()
+    };
+    let (admitted, refused) = (series("admitted_per_second"), series("refused_per_second"));
+    let end = admitted.len().saturating_sub(2).max(2);
+    let a: f64 = admitted.iter().take(end).skip(2).sum();
+    let r: f64 = refused.iter().take(end).skip(2).sum();
+    100.0 * r / (a + r).max(1.0)
+}
+
 fn max_of(v: &serde_json::Value) -> u64 {
     v.as_object()
         .map(|m| m.values().filter_map(|x| x.as_u64()).max().unwrap_or(0))
@@ -185,6 +201,23 @@ fn paced(
     );
 }
 
+/// With `BENCH_TIMELINE`, the simulator's admitted calls per second; and the worker's output
+/// whenever it did not finish with exit 0, so a halt is never just a number in a row.
+fn explain(name: &str, stats: &serde_json::Value, m: &Measured) {
+    if std::env::var_os("BENCH_TIMELINE").is_some() {
+        eprintln!(
+            "{name} admitted per second: {}",
+            stats["admitted_per_second"]
+        );
+    }
+    if m.code != 0 {
+        eprintln!(
+            "{name}: exit {}, blocked IPs {}, worker said:\n{}",
+            m.code, stats["blocked_ips"], m.stdout
+        );
+    }
+}
+
 /// The worker's own count of calls, from its summary ("this run: N calls ...").
 fn calls_in(stdout: &str) -> u64 {
     stdout
@@ -229,6 +262,7 @@ fn noise() {
             &sim.endpoint(),
             &[],
         ));
+        explain("noise", &sim.stats(), &m);
         let devices_per_sec = n as f64 / m.wall;
         let base_rate = *base.get_or_insert(devices_per_sec);
         let judged = goal.map_or_else(
@@ -269,15 +303,17 @@ fn overload() {
             &[],
         ));
         let s = sim.stats();
+        explain("limit", &s, &m);
         let rate = steady_rate(&s);
         println!(
-            "| overload: account limit 200/s | {n} devices, one address, exit {} | steady {rate:.1} admitted calls/s = {:.3} of 200 (goal ≥ 0.95) | max 1-s window per API admitted {} | worker throttled {} of {} calls = {:.2} % (goal ≤ 2 %) | worker CPU {:.1} % | wall {:.1} s |",
+            "| overload: account limit 200/s | {n} devices, one address, exit {} | steady {rate:.1} admitted calls/s = {:.3} of 200 (goal ≥ 0.95) | max 1-s window per API admitted {} | worker throttled {} of {} calls = {:.2} % (goal ≤ 2 %); steady phase {:.2} % | worker CPU {:.1} % | wall {:.1} s |",
             m.code,
             rate / 200.0,
             max_of(&s["max_window"]["per_api_admitted"]),
             throttled_in(&m.stdout),
             calls_in(&m.stdout),
             throttled_share(&m.stdout),
+            steady_refused_share(&s),
             100.0 * m.cpu / m.wall,
             m.wall
         );
@@ -294,6 +330,7 @@ fn overload() {
             &[],
         ));
         let s = sim.stats();
+        explain("capacity", &s, &m);
         let per: Vec<f64> = s["admitted_per_second"]
             .as_array()
             .unwrap()
@@ -313,13 +350,14 @@ fn overload() {
         let after: Vec<f64> = body[settled.min(body.len())..].to_vec();
         let mean = after.iter().sum::<f64>() / after.len().max(1) as f64;
         println!(
-            "| overload: capacity model 250/s | {n} devices, one address, exit {} | settled (every later second within 5 % of 250) after {settled} s (goal ≤ 5 s); then {mean:.1} served calls/s = {:.3} of 250 | refused by the model {} | worker throttled {} of {} calls = {:.2} % | worker CPU {:.1} % | wall {:.1} s |",
+            "| overload: capacity model 250/s | {n} devices, one address, exit {} | settled (every later second within 5 % of 250) after {settled} s (goal ≤ 5 s); then {mean:.1} served calls/s = {:.3} of 250 | refused by the model {} | worker throttled {} of {} calls = {:.2} %; steady phase {:.2} % | worker CPU {:.1} % | wall {:.1} s |",
             m.code,
             mean / capacity,
             s["overloaded"],
             throttled_in(&m.stdout),
             calls_in(&m.stdout),
             throttled_share(&m.stdout),
+            steady_refused_share(&s),
             100.0 * m.cpu / m.wall,
             m.wall
         );
@@ -384,15 +422,17 @@ fn shared_account_with(n: usize) {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = other.join();
     let s = sim.stats();
+    explain("shared-account", &s, &m);
     let worker_calls = calls_in(&m.stdout);
     let throttled = throttled_in(&m.stdout);
     let devices_per_sec = n as f64 / m.wall;
     println!(
-        "| shared-account | {n} devices + another client at 150/s, exit {} | worker {devices_per_sec:.1} devices/s = {:.3} of the ~350/s left for it (goal ≥ 0.95) | max 1-s window per API {} (limit 500) | worker throttled {throttled} of {worker_calls} calls = {:.2} % | worker CPU {:.1} % | wall {:.1} s |",
+        "| shared-account | {n} devices + another client at 150/s, exit {} | worker {devices_per_sec:.1} devices/s = {:.3} of the ~350/s left for it (goal ≥ 0.95) | max 1-s window per API {} (limit 500) | worker throttled {throttled} of {worker_calls} calls = {:.2} %; steady phase, both clients' calls: {:.2} % refused | worker CPU {:.1} % | wall {:.1} s |",
         m.code,
         devices_per_sec / 350.0,
         max_of(&s["max_window"]["per_api_admitted"]),
         100.0 * throttled as f64 / worker_calls.max(1) as f64,
+        steady_refused_share(&s),
         100.0 * m.cpu / m.wall,
         m.wall
     );

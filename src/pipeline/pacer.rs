@@ -141,7 +141,9 @@ fn textbook_limiter(limit: f64, clock: TokioClock) -> Bucket {
 
 /// The adaptive bucket steers the pace; the per-API and per-source buckets are the caps. At full
 /// speed it runs slightly above them, so two buckets binding at the same rate do not add up their
-/// timer lateness (measured: 0.9946 of target with both binding, see BENCHMARKS.md).
+/// timer lateness (measured: 0.9946 of target with both binding, see BENCHMARKS.md). Below full
+/// speed it is the one that binds and runs at the controller's rate exactly: a cut to what the
+/// service admitted must not leave the pace 2 % above it.
 const GLOBAL_SLACK: f64 = 1.02;
 
 pub struct Pacer {
@@ -309,7 +311,9 @@ impl Pacer {
         if self.config.textbook {
             return;
         }
-        let rate = self.current_rate() * GLOBAL_SLACK;
+        let factor = self.factor();
+        let slack = if factor >= 1.0 { GLOBAL_SLACK } else { 1.0 };
+        let rate = self.current_rate() * slack;
         *self.global.write().unwrap_or_else(|p| p.into_inner()) =
             Arc::new(limiter(rate, self.config.burst, self.clock));
     }

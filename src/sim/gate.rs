@@ -91,6 +91,16 @@ pub struct Gate {
     blocked_refusals: u64,
     first_arrival: Option<Instant>,
     admitted_per_second: Vec<u64>,
+    refused_per_second: Vec<u64>,
+}
+
+/// Counts a call in its whole second since the first call arrived.
+fn count_second(per_second: &mut Vec<u64>, arrival: Arrival) {
+    let second = arrival.now.duration_since(arrival.first).as_secs() as usize;
+    if per_second.len() <= second {
+        per_second.resize(second + 1, 0);
+    }
+    per_second[second] += 1;
 }
 
 impl Gate {
@@ -116,6 +126,7 @@ impl Gate {
             blocked_refusals: 0,
             first_arrival: None,
             admitted_per_second: Vec::new(),
+            refused_per_second: Vec::new(),
             limits,
         }
     }
@@ -171,6 +182,7 @@ impl Gate {
         // Per account and API: at most account_qps admitted calls in any sliding second.
         if self.api_admitted[action.index()].count(now) >= self.limits.account_qps {
             self.throttled += 1;
+            count_second(&mut self.refused_per_second, arrival);
             return Err(SimError::new(
                 400,
                 "Throttling.User",
@@ -183,6 +195,7 @@ impl Gate {
             let offered = self.overall_arrivals.count(now) as f64;
             if offered > capacity && self.rng.r#gen::<f64>() < 1.0 - capacity / offered {
                 self.overloaded += 1;
+                count_second(&mut self.refused_per_second, arrival);
                 return Err(SimError::new(
                     500,
                     "SystemOverFlow",
@@ -192,11 +205,7 @@ impl Gate {
         }
         self.api_admitted[action.index()].record(now);
         self.overall_admitted.record(now);
-        let second = now.duration_since(arrival.first).as_secs() as usize;
-        if self.admitted_per_second.len() <= second {
-            self.admitted_per_second.resize(second + 1, 0);
-        }
-        self.admitted_per_second[second] += 1;
+        count_second(&mut self.admitted_per_second, arrival);
         self.ips
             .get_mut(&arrival.peer)
             .expect("inserted on arrival")
@@ -265,6 +274,7 @@ impl Gate {
             overall_admitted: self.overall_admitted.max(),
         };
         stats.admitted_per_second = self.admitted_per_second.clone();
+        stats.refused_per_second = self.refused_per_second.clone();
     }
 }
 

@@ -34,6 +34,10 @@ pub struct Stats {
     pub latency_ms: Latency,
     /// Admitted calls (all APIs) in each whole second since the first call arrived.
     pub admitted_per_second: Vec<u64>,
+    /// Calls refused by flow control (`Throttling.User`) or the overload model in each whole
+    /// second, counted like `admitted_per_second`.
+    #[serde(default)]
+    pub refused_per_second: Vec<u64>,
 }
 
 /// The most calls seen in any sliding one-second window.

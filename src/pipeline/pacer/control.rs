@@ -117,6 +117,14 @@ pub(crate) struct Controller {
 }
 
 impl Controller {
+    /// The share of `epoch`'s calls throttled beyond the noise floor, if it is more than chance.
+    fn significant_excess(&self, epoch: &Epoch) -> Option<f64> {
+        let expected = self.noise * f64::from(epoch.answered);
+        let excess = f64::from(epoch.throttled) - expected;
+        (excess >= MIN_EXCESS && excess > CHANCE * (expected + 1.0).sqrt())
+            .then(|| excess / f64::from(epoch.answered))
+    }
+
     pub(crate) fn new(now: Instant) -> Self {
         Controller {
             factor: 1.0,
@@ -183,15 +191,15 @@ impl Controller {
         if let Some(trial) = self.trial.take() {
             // Noise keeps its share whatever the pace, and the admitted rate falls with the pace;
             // refusals caused by the pace fall with it while the admitted rate holds (a limit) —
-            // or, after a change in the service, the share rises: both keep the cut.
-            let same_share =
-                f64::from(epoch.throttled) - trial.cause.share() * f64::from(epoch.answered);
-            let share_held = same_share.abs()
-                < MIN_EXCESS
-                    .max(CHANCE * (trial.cause.share() * f64::from(epoch.answered) + 1.0).sqrt());
+            // or, after a change in the service, the share rises: both keep the cut. Only a
+            // trial that still shows an excess can call it noise: a clean trial is the cut working.
+            let still_excess = self.significant_excess(&epoch).is_some();
+            let expected_as_before = trial.cause.share() * f64::from(epoch.answered);
+            let share_held = (f64::from(epoch.throttled) - expected_as_before).abs()
+                < MIN_EXCESS.max(CHANCE * (expected_as_before + 1.0).sqrt());
             let cut = 1.0 - self.factor / trial.factor_before;
             let admitted_fell = admitted < trial.cause_admitted * (1.0 - cut / 2.0);
-            if share_held && admitted_fell {
+            if still_excess && share_held && admitted_fell {
                 self.noise = f64::from(trial.cause.throttled + epoch.throttled)
                     / f64::from((trial.cause.answered + epoch.answered).max(1));
                 self.factor = trial.factor_before;
@@ -201,11 +209,8 @@ impl Controller {
             // The cut helped: the share now seen below the refused pace is all the noise there is.
             self.noise = self.noise.min(epoch.share());
         }
-        let expected = self.noise * f64::from(epoch.answered);
-        let excess = f64::from(epoch.throttled) - expected;
-        if excess >= MIN_EXCESS && excess > CHANCE * (expected + 1.0).sqrt() {
+        if let Some(excess_share) = self.significant_excess(&epoch) {
             let before = self.factor;
-            let excess_share = excess / f64::from(epoch.answered);
             self.factor = (before * (1.0 - excess_share) * (1.0 - CUT_MARGIN)).max(FLOOR);
             self.trial = Some(Trial {
                 factor_before: before,
