@@ -7,7 +7,7 @@
 //! each throttle, the way DCTCP scales its cut by the fraction of marked packets and the SRE
 //! book's client-side throttling compares requests to accepts:
 //! * an epoch whose throttles exceed what the noise floor explains (by more than chance allows)
-//!   cuts the pace to what the service admitted of it: factor × (1 − excess share), less 1 %;
+//!   cuts the pace to what the service admitted of it: factor × (1 − excess share), less 2 %;
 //! * the next epoch, a second after the cut (the service's window still holds the old pace
 //!   until then), is the cut's trial. If the throttled share stayed what it was (within
 //!   chance) while the admitted rate fell with the pace, the throttles were not caused by our
@@ -44,8 +44,10 @@ const CHANCE: f64 = 2.0;
 /// of the old pace and refuses as if the pace had not changed.
 const SETTLE: Duration = Duration::from_secs(1);
 
-/// A cut goes this far below the admitted rate, so the trial epoch is clean under a hard limit.
-const CUT_MARGIN: f64 = 0.01;
+/// A cut goes this far below the admitted rate, so the trial epoch is clean under a hard limit
+/// and the next overshoot comes a few clean epochs later (half the throttled share of a 1 % margin
+/// in the paused-time step-down test, 0.6 % instead of 1.2 %, for 0.5 % less admitted).
+const CUT_MARGIN: f64 = 0.02;
 const FLOOR: f64 = 0.05;
 
 /// Increase per second of a clean epoch, as a share of the target: doubling per clean epoch.
