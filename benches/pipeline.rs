@@ -236,6 +236,14 @@ fn throttled_share(stdout: &str) -> f64 {
     100.0 * throttled_in(stdout) as f64 / calls_in(stdout).max(1) as f64
 }
 
+/// The simulator's per-IP block for the noise and overload scenarios: 330/s, not 300. The worker
+/// still paces each address under 300 (at 293); the margin only keeps the simulator's own
+/// arrival-time jitter on a loaded machine (connections accepted late, then timestamped
+/// together) from blocking the address, which happened to both the old and the new worker in
+/// runs on 2026-12-03 and says nothing about how either follows noise or a limit. The per-IP
+/// ceiling itself is what pace, two-ips and naive measure.
+const IP_BLOCK_MARGIN: [&str; 2] = ["--ip-qps", "330"];
+
 /// Random `SystemOverFlow` at 0 %, 0.5 %, 2 % and 5 % of calls, one address, defaults: devices/s
 /// end to end, and as a share of the no-fault run's (goals ≥ 0.97, ≥ 0.90, ≥ 0.80).
 fn noise() {
@@ -255,6 +263,8 @@ fn noise() {
             "lognormal:80:0.5",
             "--fault-system-overflow",
             &fault,
+            IP_BLOCK_MARGIN[0],
+            IP_BLOCK_MARGIN[1],
         ]);
         let m = measure(worker(
             &csv,
@@ -295,7 +305,14 @@ fn overload() {
     {
         let dir = tempfile::tempdir().unwrap();
         let csv = devices(dir.path(), n, "limit");
-        let sim = start_sim(&["--latency", "lognormal:80:0.5", "--account-qps", "200"]);
+        let sim = start_sim(&[
+            "--latency",
+            "lognormal:80:0.5",
+            "--account-qps",
+            "200",
+            IP_BLOCK_MARGIN[0],
+            IP_BLOCK_MARGIN[1],
+        ]);
         let m = measure(worker(
             &csv,
             &dir.path().join("l.sqlite"),
@@ -322,7 +339,14 @@ fn overload() {
         let capacity = 250.0;
         let dir = tempfile::tempdir().unwrap();
         let csv = devices(dir.path(), n, "capacity");
-        let sim = start_sim(&["--latency", "lognormal:80:0.5", "--capacity-qps", "250"]);
+        let sim = start_sim(&[
+            "--latency",
+            "lognormal:80:0.5",
+            "--capacity-qps",
+            "250",
+            IP_BLOCK_MARGIN[0],
+            IP_BLOCK_MARGIN[1],
+        ]);
         let m = measure(worker(
             &csv,
             &dir.path().join("l.sqlite"),
