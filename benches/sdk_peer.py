@@ -55,6 +55,7 @@ def main():
         local = threading.local()
         pacer = Pacer(PACE)
         counts = {"calls": 0, "throttled": 0, "failed": 0}
+        failures = {}
         lock = threading.Lock()
 
         def client():
@@ -83,6 +84,7 @@ def main():
                         continue
                     with lock:
                         counts["failed"] += 1
+                        failures[code or type(e).__name__] = failures.get(code or type(e).__name__, 0) + 1
                     return
 
         started = time.monotonic()
@@ -92,7 +94,7 @@ def main():
         print(f"| sdk peer | {devices} devices, simulator {' '.join(sim_flags) or 'defaults'} | "
               f"{devices / wall:.1f} devices/s | | throttled {counts['throttled']} of "
               f"{counts['calls']} calls = {100 * counts['throttled'] / max(counts['calls'], 1):.2f} %,"
-              f" failed {counts['failed']} | | wall {wall:.1f} s |")
+              f" failed {counts['failed']} {failures or ''} | | wall {wall:.1f} s |")
     finally:
         sim.terminate()
         sim.wait()
