@@ -10,15 +10,16 @@
 //!   cuts the pace to what the service admitted of it: factor × (1 − excess share), less 2 %;
 //! * the next epoch, a second after the cut (the service's window still holds the old pace
 //!   until then), is the cut's trial. If the throttled share stayed what it was (within
-//!   chance) while the admitted rate fell with the pace, the throttles were not caused by our
-//!   rate (random `SystemOverFlow`, say): the cut is undone and the share becomes the noise
-//!   floor. If the share fell, or rose, the cut stays;
+//!   chance, and still above the noise floor) while the admitted rate fell with the pace, the
+//!   throttles were not caused by our rate (random `SystemOverFlow`, say): the cut is undone and
+//!   the share becomes the noise floor. If the share fell, or rose, the cut stays;
 //! * epochs without excess raise the pace by 1 % of the target per second, doubling with every
 //!   further clean epoch up to 16 %/s, so a limit just below is probed gently and a lifted one
 //!   is regained in a few seconds.
 //!
 //! A trickle of throttles that does not follow the pace therefore costs one trial epoch now and
-//! then, while a limit that refuses what is above it is tracked within two epochs.
+//! then, while a limit that refuses what is above it is tracked within a cut and its trial,
+//! about three seconds.
 //!
 //! It reads no clock: callers pass `now`, so tests drive it on paused time.
 
