@@ -1,8 +1,10 @@
 //! `cargo bench --bench pipeline [SCENARIO...]`: the pipeline against the simulator, each as its
 //! own process (so the worker's CPU and memory are measured apart from the server's), printing
 //! one Markdown row per scenario. Scenarios: pace, two-ips, shared-account, ceiling, sealed, scale,
-//! naive.
-//! `BENCH_DEVICES=N` shrinks the device counts for a quick look.
+//! naive, noise, overload.
+//! `BENCH_DEVICES=N` shrinks the device counts for a quick look. `BENCH_WORKER_BIN=PATH` runs the
+//! worker from another build of the tool (an older controller, say) against this build's
+//! simulator, so a before and an after can be measured in one run.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -69,8 +71,13 @@ fn measure(mut cmd: Command) -> Measured {
     }
 }
 
+/// The worker's binary: this build's, or `BENCH_WORKER_BIN`.
+fn worker_bin() -> String {
+    std::env::var("BENCH_WORKER_BIN").unwrap_or_else(|_| BIN.to_owned())
+}
+
 fn worker(csv: &Path, ledger: &Path, endpoint: &str, extra: &[&str]) -> Command {
-    let mut c = Command::new(BIN);
+    let mut c = Command::new(worker_bin());
     c.arg("register")
         .arg(csv)
         .arg("--ledger")
@@ -114,6 +121,22 @@ fn steady_rate(stats: &serde_json::Value) -> f64 {
     }
     let steady = &per[2..per.len() - 2];
     steady.iter().sum::<f64>() / steady.len() as f64
+}
+
+/// The share of calls the server refused (flow control, overload) over the steady phase, whole
+/// seconds with the first 2 and last 2 dropped as in `steady_rate`, in percent.
+fn steady_refused_share(stats: &serde_json::Value) -> f64 {
+    let series = |key: &str| -> Vec<f64> {
+        stats[key]
+            .as_array()
+            .map(|a| a.iter().map(|v| v.as_f64().unwrap()).collect())
+            .unwrap_or_default()
+    };
+    let (admitted, refused) = (series("admitted_per_second"), series("refused_per_second"));
+    let end = admitted.len().saturating_sub(2).max(2);
+    let a: f64 = admitted.iter().take(end).skip(2).sum();
+    let r: f64 = refused.iter().take(end).skip(2).sum();
+    100.0 * r / (a + r).max(1.0)
 }
 
 fn max_of(v: &serde_json::Value) -> u64 {
@@ -178,8 +201,204 @@ fn paced(
     );
 }
 
+/// With `BENCH_TIMELINE`, the simulator's admitted calls per second; and the worker's output
+/// whenever it did not finish with exit 0, so a halt is never just a number in a row.
+fn explain(name: &str, stats: &serde_json::Value, m: &Measured) {
+    if std::env::var_os("BENCH_TIMELINE").is_some() {
+        eprintln!(
+            "{name} admitted per second: {}",
+            stats["admitted_per_second"]
+        );
+    }
+    if m.code != 0 {
+        eprintln!(
+            "{name}: exit {}, blocked IPs {}, worker said:\n{}",
+            m.code, stats["blocked_ips"], m.stdout
+        );
+    }
+}
+
+/// The worker's own count of calls, from its summary ("this run: N calls ...").
+fn calls_in(stdout: &str) -> u64 {
+    stdout
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("this run: ")
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// The worker's throttled share of its calls, in percent.
+fn throttled_share(stdout: &str) -> f64 {
+    100.0 * throttled_in(stdout) as f64 / calls_in(stdout).max(1) as f64
+}
+
+/// The simulator's per-IP block for the noise and overload scenarios: 330/s, not 300. The worker
+/// still paces each address under 300 (at 293); the margin only keeps the simulator's own
+/// arrival-time jitter on a loaded machine (connections accepted late, then timestamped
+/// together) from blocking the address, which happened to both the old and the new worker in
+/// runs on 2026-12-03 and says nothing about how either follows noise or a limit. The per-IP
+/// ceiling itself is what pace, two-ips and naive measure.
+const IP_BLOCK_MARGIN: [&str; 2] = ["--ip-qps", "330"];
+
+/// Random `SystemOverFlow` at 0 %, 0.5 %, 2 % and 5 % of calls, one address, defaults: devices/s
+/// end to end, and as a share of the no-fault run's (goals ≥ 0.97, ≥ 0.90, ≥ 0.80).
+fn noise() {
+    let n = count(10_000);
+    let mut base = None;
+    for (rate, goal) in [
+        (0.0, None),
+        (0.005, Some(0.97)),
+        (0.02, Some(0.90)),
+        (0.05, Some(0.80)),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let csv = devices(dir.path(), n, "noise");
+        let fault = rate.to_string();
+        let sim = start_sim(&[
+            "--latency",
+            "lognormal:80:0.5",
+            "--fault-system-overflow",
+            &fault,
+            IP_BLOCK_MARGIN[0],
+            IP_BLOCK_MARGIN[1],
+        ]);
+        let m = measure(worker(
+            &csv,
+            &dir.path().join("l.sqlite"),
+            &sim.endpoint(),
+            &[],
+        ));
+        explain("noise", &sim.stats(), &m);
+        let devices_per_sec = n as f64 / m.wall;
+        let base_rate = *base.get_or_insert(devices_per_sec);
+        let judged = goal.map_or_else(
+            || "the no-fault reference".to_owned(),
+            |g| {
+                format!(
+                    "{:.3} of the no-fault rate (goal ≥ {g})",
+                    devices_per_sec / base_rate
+                )
+            },
+        );
+        println!(
+            "| noise | {n} devices, {:.1} % random SystemOverFlow, exit {} | {devices_per_sec:.1} devices/s = {judged} | | worker throttled {} of {} calls = {:.2} % | worker CPU {:.1} % | wall {:.1} s |",
+            rate * 100.0,
+            m.code,
+            throttled_in(&m.stdout),
+            calls_in(&m.stdout),
+            throttled_share(&m.stdout),
+            100.0 * m.cpu / m.wall,
+            m.wall
+        );
+    }
+}
+
+/// Limits that are real: an account limit of 200/s (the worker believes 500/s; goals: admitted
+/// ≥ 0.95 of 200, ≤ 2 % of calls throttled), an overload model at 250/s (settles within 5 s),
+/// and the shared account (another client at 150/s).
+fn overload() {
+    let n = count(10_000);
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let csv = devices(dir.path(), n, "limit");
+        let sim = start_sim(&[
+            "--latency",
+            "lognormal:80:0.5",
+            "--account-qps",
+            "200",
+            IP_BLOCK_MARGIN[0],
+            IP_BLOCK_MARGIN[1],
+        ]);
+        let m = measure(worker(
+            &csv,
+            &dir.path().join("l.sqlite"),
+            &sim.endpoint(),
+            &[],
+        ));
+        let s = sim.stats();
+        explain("limit", &s, &m);
+        let rate = steady_rate(&s);
+        println!(
+            "| overload: account limit 200/s | {n} devices, one address, exit {} | steady {rate:.1} admitted calls/s = {:.3} of 200 (goal ≥ 0.95) | max 1-s window per API admitted {} | worker throttled {} of {} calls = {:.2} % (goal ≤ 2 %); steady phase {:.2} % | worker CPU {:.1} % | wall {:.1} s |",
+            m.code,
+            rate / 200.0,
+            max_of(&s["max_window"]["per_api_admitted"]),
+            throttled_in(&m.stdout),
+            calls_in(&m.stdout),
+            throttled_share(&m.stdout),
+            steady_refused_share(&s),
+            100.0 * m.cpu / m.wall,
+            m.wall
+        );
+    }
+    {
+        let capacity = 250.0;
+        let dir = tempfile::tempdir().unwrap();
+        let csv = devices(dir.path(), n, "capacity");
+        let sim = start_sim(&[
+            "--latency",
+            "lognormal:80:0.5",
+            "--capacity-qps",
+            "250",
+            IP_BLOCK_MARGIN[0],
+            IP_BLOCK_MARGIN[1],
+        ]);
+        let m = measure(worker(
+            &csv,
+            &dir.path().join("l.sqlite"),
+            &sim.endpoint(),
+            &[],
+        ));
+        let s = sim.stats();
+        explain("capacity", &s, &m);
+        let per: Vec<f64> = s["admitted_per_second"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        // Settled: from this second on, every 3-second mean of served calls is within 5 % of the
+        // capacity (single seconds scatter by a few percent: the model refuses at random). The
+        // last three seconds, the run's tail, are left out.
+        let body = &per[..per.len().saturating_sub(3)];
+        let mean3: Vec<f64> = body
+            .windows(3)
+            .map(|w| w.iter().sum::<f64>() / 3.0)
+            .collect();
+        let settled = (0..mean3.len())
+            .find(|&i| {
+                mean3[i..]
+                    .iter()
+                    .all(|&a| (a - capacity).abs() <= 0.05 * capacity)
+            })
+            .unwrap_or(mean3.len());
+        let after = &body[settled.min(body.len())..];
+        let mean = after.iter().sum::<f64>() / after.len().max(1) as f64;
+        println!(
+            "| overload: capacity model 250/s | {n} devices, one address, exit {} | settled (every later 3-s mean within 5 % of 250) after {settled} s (goal ≤ 5 s); then {mean:.1} served calls/s = {:.3} of 250 | refused by the model {} | worker throttled {} of {} calls = {:.2} %; steady phase {:.2} % | worker CPU {:.1} % | wall {:.1} s |",
+            m.code,
+            mean / capacity,
+            s["overloaded"],
+            throttled_in(&m.stdout),
+            calls_in(&m.stdout),
+            throttled_share(&m.stdout),
+            steady_refused_share(&s),
+            100.0 * m.cpu / m.wall,
+            m.wall
+        );
+    }
+    shared_account_with(count(10_000));
+}
+
 fn shared_account() {
-    let n = count(30_000);
+    shared_account_with(count(30_000));
+}
+
+fn shared_account_with(n: usize) {
     let dir = tempfile::tempdir().unwrap();
     let csv = devices(dir.path(), n, "shared");
     let sim = start_sim(&["--latency", "lognormal:80:0.5"]);
@@ -232,23 +451,17 @@ fn shared_account() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = other.join();
     let s = sim.stats();
-    let worker_calls: f64 = m
-        .stdout
-        .lines()
-        .find_map(|l| {
-            l.trim()
-                .strip_prefix("this run: ")
-                .and_then(|r| r.split_whitespace().next())
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0.0);
+    explain("shared-account", &s, &m);
+    let worker_calls = calls_in(&m.stdout);
     let throttled = throttled_in(&m.stdout);
+    let devices_per_sec = n as f64 / m.wall;
     println!(
-        "| shared-account | {n} devices + another client at 150/s, exit {} | worker {:.1} devices/s (the account has ~350/s left for it) | max 1-s window per API {} (limit 500) | worker throttled {throttled} of {worker_calls:.0} calls = {:.2} % | worker CPU {:.1} % | wall {:.1} s |",
+        "| shared-account | {n} devices + another client at 150/s, exit {} | worker {devices_per_sec:.1} devices/s = {:.3} of the ~350/s left for it (goal ≥ 0.95) | max 1-s window per API {} (limit 500) | worker throttled {throttled} of {worker_calls} calls = {:.2} %; steady phase, both clients' calls: {:.2} % refused | worker CPU {:.1} % | wall {:.1} s |",
         m.code,
-        n as f64 / m.wall,
+        devices_per_sec / 350.0,
         max_of(&s["max_window"]["per_api_admitted"]),
-        100.0 * throttled as f64 / worker_calls.max(1.0),
+        100.0 * throttled as f64 / worker_calls.max(1) as f64,
+        steady_refused_share(&s),
         100.0 * m.cpu / m.wall,
         m.wall
     );
@@ -417,6 +630,8 @@ fn main() {
         "sealed",
         "scale",
         "naive",
+        "noise",
+        "overload",
     ];
     let chosen: Vec<String> = std::env::args()
         .skip(1)
@@ -431,6 +646,9 @@ fn main() {
         .ok()
         .and_then(|m| m.lines().next().map(str::to_owned))
         .unwrap_or_default();
+    if let Ok(bin) = std::env::var("BENCH_WORKER_BIN") {
+        println!("worker: {bin}");
+    }
     println!(
         "machine: {} cores, {}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
@@ -467,6 +685,8 @@ fn main() {
             "sealed" => sealed(),
             "scale" => scale(),
             "naive" => paced("naive", count(30_000), &[], (300.0, 300.0), 0.995, true),
+            "noise" => noise(),
+            "overload" => overload(),
             other => eprintln!("unknown scenario {other}; choose from {all:?}"),
         }
     }

@@ -396,6 +396,74 @@ async fn an_ip_over_its_limit_is_blocked_until_the_block_expires() {
     sim.stop().await;
 }
 
+/// The overload model refuses a share that grows with the offered rate, and nothing below its
+/// capacity: unlike a random fault, the refusals follow the pace.
+#[tokio::test]
+async fn the_overload_model_refuses_only_past_its_capacity() {
+    let sim = simulator(SimConfig {
+        capacity_qps: Some(100.0),
+        account_qps: 5000,
+        ip_qps: 5000,
+        ..SimConfig::default()
+    })
+    .await;
+    let c = client_for(&sim, SignatureVersion::V3, None);
+    // 400 calls as fast as 32 connections go: far past 100 calls/s.
+    let mut set = tokio::task::JoinSet::new();
+    for t in 0..32 {
+        let (c, inst) = (c.clone(), sim.instance_id.clone());
+        set.spawn(async move {
+            let mut outcomes = Vec::new();
+            for i in (t..400).step_by(32) {
+                let cid = format!("GID_test@@@o{i}");
+                outcomes.push(
+                    c.send(&request::register_device_credential(&inst, &cid))
+                        .await,
+                );
+            }
+            outcomes
+        });
+    }
+    let mut admitted = 0;
+    let mut refused = 0;
+    while let Some(outcomes) = set.join_next().await {
+        for r in outcomes.unwrap() {
+            match r {
+                Ok(_) => admitted += 1,
+                Err(e) => {
+                    assert_eq!(e.code, "SystemOverFlow");
+                    assert_eq!(e.status, Some(500));
+                    assert!(matches!(e.class, ErrorClass::Throttled { .. }));
+                    refused += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(admitted + refused, 400);
+    assert!(admitted >= 100, "the capacity is served: {admitted}");
+    assert!(
+        refused >= 50,
+        "a burst of 400 is refused in part: {refused}"
+    );
+    let stats = sim.stats();
+    assert_eq!(stats.overloaded, refused);
+    assert_eq!(
+        stats.credentials.live as u64, admitted,
+        "refused calls are not applied"
+    );
+    // A second later, 20 calls at 40/s: below the capacity, none refused.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    for i in 0..20 {
+        let cid = format!("GID_test@@@slow{i}");
+        c.send(&request::register_device_credential(&sim.instance_id, &cid))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(sim.stats().overloaded, refused);
+    sim.stop().await;
+}
+
 #[tokio::test]
 async fn each_fault_kind_reaches_the_client_as_its_class() {
     type Check = fn(&mqtt_provision::api::ApiError) -> bool;

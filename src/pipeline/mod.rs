@@ -127,7 +127,7 @@ pub async fn run(
             worker.set_halt(Halt::Interrupted);
         })
     };
-    // AIMD recovery, once a second.
+    // Closes the pace controller's epoch when no answer does (a stalled service).
     let ticker = {
         let worker = worker.clone();
         tokio::spawn(async move {

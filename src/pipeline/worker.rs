@@ -3,9 +3,11 @@
 //! operation sends through.
 //!
 //! A call here waits for the pacer, is signed and sent by the client, and comes back as the
-//! response or as a [`CallError`]. Throttles (wait, slow the pace, try again: not an attempt),
-//! blocked source addresses (retire, try another), a first replayed nonce and a first token
-//! refused as expired (the client has renewed it: send again) are settled here;
+//! response or as a [`CallError`]; every answer is reported to the pacer, which judges the pace
+//! by the throttled share, and to the circuit breaker, which tells an outage from a bad device.
+//! Throttles (wait, try again: not an attempt), blocked source addresses (retire, try another),
+//! a first replayed nonce and a first token refused as expired (the client has renewed it: send
+//! again) are settled here;
 //! every other error goes back to the operation, counted as an attempt. It never touches the
 //! ledger: outcomes go to the writer.
 
@@ -179,19 +181,26 @@ impl Worker {
                 }
             };
             self.counters.calls.fetch_add(1, Ordering::Relaxed);
+            let sent = tokio::time::Instant::now();
             let e = match self.clients[source].send(request).await {
                 Ok(v) => {
                     self.breaker.record(None, &self.counters.outage);
+                    self.pacer.on_answer(sent, false);
                     return Ok(v);
                 }
                 Err(e) => e,
             };
             let outage = breaker::is_outage(&e).then_some(&e);
             self.breaker.record(outage, &self.counters.outage);
+            // Every answer of the service is evidence for the pace; a lost connection is not an
+            // answer, and a blocked address is the per-address ceiling, never a pace to find.
+            let throttled = matches!(e.class, ErrorClass::Throttled { .. });
+            if e.status.is_some() && e.class != ErrorClass::SourceBlocked {
+                self.pacer.on_answer(sent, throttled);
+            }
             match e.class {
                 ErrorClass::Throttled { retry_after_ms } => {
                     self.counters.throttled.fetch_add(1, Ordering::Relaxed);
-                    self.pacer.on_throttled();
                     throttles += 1;
                     let wait = retry::throttle_wait(retry_after_ms, throttles, rand::random());
                     a.last_error = Some(e);

@@ -99,6 +99,15 @@ fn parse_rate(s: &str) -> Result<f64, String> {
         .ok_or(format!("'{s}' is not a rate between 0 and 1"))
 }
 
+fn parse_capacity(s: &str) -> Result<f64, String> {
+    s.parse::<f64>()
+        .ok()
+        .filter(|r| r.is_finite() && *r > 0.0)
+        .ok_or(format!(
+            "'{s}' is not a positive number of calls per second"
+        ))
+}
+
 /// Everything the simulator can be told. The same struct serves `mqtt-provision simulate` (as
 /// flags) and the in-process simulator of tests and rehearsals (built with `Default`).
 #[derive(Debug, Clone, clap::Args)]
@@ -129,6 +138,12 @@ pub struct SimConfig {
     /// How long a blocked IP stays blocked.
     #[arg(long, default_value_t = 60.0)]
     pub ip_block_secs: f64,
+    /// An overload model: past this many calls/s arriving (all APIs and addresses, any sliding
+    /// second), each admitted call is refused with 500 SystemOverFlow with the share the rate
+    /// exceeds it by (1 − capacity / rate), so the service serves about this many whatever is
+    /// offered. Unlike --fault-system-overflow, the refusals follow the offered rate.
+    #[arg(long, value_name = "CALLS_PER_SEC", value_parser = parse_capacity)]
+    pub capacity_qps: Option<f64>,
     /// Send `x-acs-retry-after: N` with every throttled answer.
     #[arg(long)]
     pub retry_after_ms: Option<u64>,

@@ -1,8 +1,8 @@
 //! The gate every call passes before its business rule, in two steps around the signature
 //! check: [`Gate::arrive`] counts the arrival and refuses a blocked source IP (blocking it when
 //! it goes over the per-IP limit); [`Gate::admit`] refuses a replayed nonce and a call over the
-//! per-account per-API window, and otherwise counts the call admitted. It keeps the windows,
-//! blocks and counts the stats report.
+//! per-account per-API window or past the overload model's capacity, and otherwise counts the
+//! call admitted. It keeps the windows, blocks and counts the stats report.
 //!
 //! It returns a decision (go on, or the documented refusal) and nothing more: it never sees a
 //! socket, a header or a signature, and never applies a call. It runs under the simulator's lock
@@ -12,6 +12,9 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
 use super::auth::MAX_SKEW_SECS;
 use super::stats::{MaxWindows, Stats};
@@ -30,6 +33,11 @@ pub struct Limits {
     /// Calls of all APIs together per source IP in any sliding second before the IP is blocked.
     pub ip_qps: usize,
     pub ip_block_secs: f64,
+    /// The overload model's capacity, calls/s arriving in any sliding second.
+    pub capacity_qps: Option<f64>,
+    /// Its own seed, so the simulator's main sequence (faults, latency, credentials) is the same
+    /// with or without the model.
+    pub seed: u64,
 }
 
 impl Limits {
@@ -38,6 +46,8 @@ impl Limits {
             account_qps: config.account_qps,
             ip_qps: config.ip_qps,
             ip_block_secs: config.ip_block_secs,
+            capacity_qps: config.capacity_qps,
+            seed: config.seed,
         }
     }
 }
@@ -75,9 +85,22 @@ pub struct Gate {
     overall_admitted: SlidingWindow,
     total_calls: u64,
     throttled: u64,
+    overloaded: u64,
+    /// Draws of the overload model only.
+    rng: StdRng,
     blocked_refusals: u64,
     first_arrival: Option<Instant>,
     admitted_per_second: Vec<u64>,
+    refused_per_second: Vec<u64>,
+}
+
+/// Counts a call in its whole second since the first call arrived.
+fn count_second(per_second: &mut Vec<u64>, arrival: Arrival) {
+    let second = arrival.now.duration_since(arrival.first).as_secs() as usize;
+    if per_second.len() <= second {
+        per_second.resize(second + 1, 0);
+    }
+    per_second[second] += 1;
 }
 
 impl Gate {
@@ -88,7 +111,6 @@ impl Gate {
                 .collect()
         };
         Gate {
-            limits,
             nonces: BTreeMap::new(),
             nonce_order: NonceLog::default(),
             ips: HashMap::new(),
@@ -99,9 +121,13 @@ impl Gate {
             overall_admitted: SlidingWindow::default(),
             total_calls: 0,
             throttled: 0,
+            overloaded: 0,
+            rng: StdRng::seed_from_u64(limits.seed ^ 0x0ead_5eed),
             blocked_refusals: 0,
             first_arrival: None,
             admitted_per_second: Vec::new(),
+            refused_per_second: Vec::new(),
+            limits,
         }
     }
 
@@ -156,19 +182,30 @@ impl Gate {
         // Per account and API: at most account_qps admitted calls in any sliding second.
         if self.api_admitted[action.index()].count(now) >= self.limits.account_qps {
             self.throttled += 1;
+            count_second(&mut self.refused_per_second, arrival);
             return Err(SimError::new(
                 400,
                 "Throttling.User",
                 "Request was denied due to user flow control.",
             ));
         }
+        // The overload model: past its capacity the service refuses the share of calls it has
+        // no room for, whoever sends them.
+        if let Some(capacity) = self.limits.capacity_qps {
+            let offered = self.overall_arrivals.count(now) as f64;
+            if offered > capacity && self.rng.r#gen::<f64>() < 1.0 - capacity / offered {
+                self.overloaded += 1;
+                count_second(&mut self.refused_per_second, arrival);
+                return Err(SimError::new(
+                    500,
+                    "SystemOverFlow",
+                    "The system is overloaded. Please try again.",
+                ));
+            }
+        }
         self.api_admitted[action.index()].record(now);
         self.overall_admitted.record(now);
-        let second = now.duration_since(arrival.first).as_secs() as usize;
-        if self.admitted_per_second.len() <= second {
-            self.admitted_per_second.resize(second + 1, 0);
-        }
-        self.admitted_per_second[second] += 1;
+        count_second(&mut self.admitted_per_second, arrival);
         self.ips
             .get_mut(&arrival.peer)
             .expect("inserted on arrival")
@@ -225,6 +262,7 @@ impl Gate {
         };
         stats.total_calls = self.total_calls;
         stats.throttled = self.throttled;
+        stats.overloaded = self.overloaded;
         stats.blocked_refusals = self.blocked_refusals;
         stats.blocked_ips = self.blocked_ips.iter().map(ToString::to_string).collect();
         stats.max_window = MaxWindows {
@@ -236,6 +274,7 @@ impl Gate {
             overall_admitted: self.overall_admitted.max(),
         };
         stats.admitted_per_second = self.admitted_per_second.clone();
+        stats.refused_per_second = self.refused_per_second.clone();
     }
 }
 

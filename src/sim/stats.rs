@@ -20,6 +20,9 @@ pub struct Stats {
     pub calls: BTreeMap<String, BTreeMap<String, u64>>,
     /// Calls refused by the per-account per-API limit.
     pub throttled: u64,
+    /// Calls refused with SystemOverFlow by the overload model (`--capacity-qps`).
+    #[serde(default)]
+    pub overloaded: u64,
     /// Calls refused because their source IP was blocked (including the one that tripped it).
     pub blocked_refusals: u64,
     /// Source IPs that were ever blocked.
@@ -34,6 +37,10 @@ pub struct Stats {
     /// Temporary credentials issued (STS, metadata service, credentials URI).
     #[serde(default)]
     pub temporary: super::TemporaryStats,
+    /// Calls refused by flow control (`Throttling.User`) or the overload model in each whole
+    /// second, counted like `admitted_per_second`.
+    #[serde(default)]
+    pub refused_per_second: Vec<u64>,
 }
 
 /// The most calls seen in any sliding one-second window.
