@@ -45,7 +45,9 @@ pub async fn fresh_files(
         validate(files, spec)?;
     }
     let existing = if location.exists() {
-        match Ledger::open_existing(location).await {
+        // Read only: a second worker on a ledger in use learns it is refused only after this,
+        // and must not write to a ledger another run holds.
+        match Ledger::open_read_only(location).await {
             Ok(ledger) => Some(ledger),
             // An empty file is no ledger yet: the run gives it its schema.
             Err(LedgerError::NotALedger { .. }) => None,

@@ -255,7 +255,9 @@ async fn an_outage_mid_run_costs_no_device_and_few_calls() {
     // Calls sent into the outage: the run's calls minus what reached the service.
     let sent = s["calls"].as_u64().unwrap();
     let lost = sent - sim.stats().total_calls;
-    assert!(lost <= 40, "{lost} calls went into a dead uplink");
+    // The calls in flight at the cut, the streak that opens the breaker, and a probe every
+    // 1, 2, 4 s (without the breaker: 400/s for 6 s, about 2,400).
+    assert!(lost <= 100, "{lost} calls went into a dead uplink");
     // The operator saw it in the progress events.
     assert!(
         events

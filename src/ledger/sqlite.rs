@@ -685,8 +685,17 @@ impl SqliteStore {
     /// it open, it is left in rollback-journal mode with no side file at all, which a read-only
     /// inspection can open even in a directory it may not write (a WAL database needs its
     /// `-shm` there); the next run turns WAL on again.
+    ///
+    /// Only the process that holds the ledger exclusively does this: a shared open (`export`,
+    /// or a second worker checking what was ingested before it is refused) beside a running
+    /// worker must never make that worker wait (a TRUNCATE checkpoint waits on its writes and
+    /// could make them fail as busy); it folds what it can without waiting (PASSIVE).
     pub(super) async fn close(self) {
-        if !self.read_only {
+        if !self.read_only && self._lock.is_none() {
+            let _ = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                .execute(&self.pool)
+                .await;
+        } else if !self.read_only {
             // Leaving WAL needs the only connection: with a reader beside it, SQLite answers
             // SQLITE_BUSY at once, and the log is checkpointed and emptied instead.
             let left_wal = sqlx::query("PRAGMA journal_mode = DELETE")
