@@ -11,7 +11,7 @@ use anyhow::anyhow;
 
 use crate::exit::Failure;
 use crate::input::{self, CsvRows, InputSpec};
-use crate::ledger::{IngestCounts, Ledger, LedgerLocation};
+use crate::ledger::{IngestCounts, Ledger, LedgerError, LedgerLocation};
 
 /// Rows per ingest transaction.
 const BATCH: usize = 5000;
@@ -45,11 +45,16 @@ pub async fn fresh_files(
         validate(files, spec)?;
     }
     let existing = if location.exists() {
-        Some(
-            Ledger::open_existing(location)
-                .await
-                .map_err(Failure::from)?,
-        )
+        match Ledger::open_existing(location).await {
+            Ok(ledger) => Some(ledger),
+            // A database holds no ledger until the first run creates it there.
+            Err(LedgerError::NotALedger { .. })
+                if matches!(location, LedgerLocation::Postgres(_)) =>
+            {
+                None
+            }
+            Err(e) => return Err(Failure::from(e)),
+        }
     } else {
         None
     };
