@@ -349,3 +349,78 @@ fn a_worker_killed_mid_run_is_taken_over_and_nothing_is_keyed_twice() {
     let counts = status_counts(&url, dir.path());
     assert!(counts["register"].get("pending").is_none(), "{counts:?}");
 }
+
+#[test]
+fn a_worker_that_cannot_renew_its_lease_stops_sending_before_it_runs_out() {
+    let Some(pg) = Postgres::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let n = 3000;
+    let csv = devices(dir.path(), "dev", n);
+    let sim = start_sim(&["--latency", "uniform:1:5"]);
+    let url = pg.database();
+    let database = url.rsplit('/').next().unwrap().to_owned();
+    let worker = bulk("register", &csv, &url, &sim, "200", dir.path())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    // Freeze the database for the worker (its sessions, and the postmaster so that no new
+    // session starts): its renewals, claims and writes hang, as on a partition, while its calls
+    // to the service still get through.
+    let mut backends: Vec<i32> = pg
+        .psql(
+            &database,
+            "SELECT pid FROM pg_stat_activity WHERE application_name = 'mqtt-provision'",
+        )
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    assert!(!backends.is_empty(), "the worker is connected");
+    backends.insert(0, pg.postmaster_pid());
+    for pid in &backends {
+        // SAFETY: kill(2) on processes of the cluster this test started.
+        unsafe { libc::kill(*pid, libc::SIGSTOP) };
+    }
+    let frozen = Instant::now();
+    let mut last_change = frozen;
+    let mut calls = sim.stats()["total_calls"].as_u64().unwrap();
+    while frozen.elapsed() < Duration::from_millis(5500) {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = sim.stats()["total_calls"].as_u64().unwrap();
+        if now != calls {
+            calls = now;
+            last_change = Instant::now();
+        }
+    }
+    let sent_for = (last_change - frozen).as_secs_f64();
+    for pid in &backends {
+        // SAFETY: as above.
+        unsafe { libc::kill(*pid, libc::SIGCONT) };
+    }
+    let out = worker.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let after = sim.stats()["total_calls"].as_u64().unwrap();
+    eprintln!(
+        "database frozen: the worker's last call reached the simulator {sent_for:.2} s later; {} call(s) after the thaw",
+        after - calls
+    );
+    // The last renewal that succeeded was sent before the freeze; its lease (5 s) runs out at
+    // most 5 s after that. Sending stops 4 s after it, and does not resume once the database
+    // answers again: the lease may be another worker's by then.
+    assert!(sent_for < 4.5, "sent for {sent_for:.2} s after the freeze");
+    assert_eq!(after, calls, "nothing sent after the thaw");
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("lease"), "{err}");
+    // Its lease has run out: a rerun takes everything over at once.
+    succeed(
+        bulk("register", &csv, &url, &sim, "3000", dir.path()),
+        "rerun",
+    );
+    assert!(
+        duplicates(&sim).is_empty(),
+        "{}",
+        sim.stats()["credentials"]
+    );
+    let ours = exported(&url, dir.path());
+    assert_eq!(ours.len(), n);
+    assert_eq!(ours, credentials(&sim.get("/__sim/credentials")));
+}

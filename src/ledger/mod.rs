@@ -468,6 +468,15 @@ impl Ledger {
         fn pending_by_file(operation: &str) -> Vec<(String, i64)>;
     }
 
+    /// On a shared ledger, the moment this worker must stop sending unless its lease is renewed
+    /// before (its own monotonic clock); `None` when no lease applies (SQLite).
+    pub fn send_deadline(&self) -> Option<std::time::Instant> {
+        match &self.store {
+            Store::Sqlite(_) => None,
+            Store::Postgres(s) => s.send_deadline(),
+        }
+    }
+
     /// Whether a run (this process's or another's) holds the ledger now.
     pub fn held_by_a_run(&self) -> bool {
         on_store!(self, s => s.held_by_a_run())

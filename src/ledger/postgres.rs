@@ -14,8 +14,8 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::str::FromStr;
-use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use sqlx::migrate::MigrateError;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -41,6 +41,11 @@ const BATCH: usize = 1000;
 /// clock). A worker whose lease ran out holds nothing: its targets may be claimed again.
 const HEARTBEAT: Duration = Duration::from_secs(1);
 const LEASE_SECONDS: i64 = 5;
+/// A worker sends nothing later than this after it sent its last renewal that succeeded (its
+/// own monotonic clock): the database granted the lease no earlier than it was sent, so the
+/// worker stops a second before the lease can have run out, whatever the clocks say (River's
+/// leader lease keeps the same margin).
+const SEND_FOR: Duration = Duration::from_secs(LEASE_SECONDS as u64 - 1);
 
 /// The states that say what a device holds now: a credential, or (revoked, not_found) none.
 const DEVICE_STATES: [&str; 6] = [
@@ -82,6 +87,8 @@ pub(super) struct PostgresStore {
     /// This process's worker id, when it was opened for a run.
     worker: Option<String>,
     heartbeat: Option<JoinHandle<()>>,
+    /// Until when this worker may send (see [`SEND_FOR`]), moved on by each renewal.
+    send_until: Arc<Mutex<Instant>>,
     /// Whether a worker held a live lease when this store was opened (`status` shows it).
     held: bool,
     /// The epoch each target this worker holds was claimed with: its outcome is stored only
@@ -132,6 +139,7 @@ impl PostgresStore {
             shown: shown.clone(),
             worker: None,
             heartbeat: None,
+            send_until: Arc::new(Mutex::new(Instant::now())),
             held: worker,
             epochs: Mutex::new(HashMap::new()),
         };
@@ -159,6 +167,7 @@ impl PostgresStore {
             let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
                 .map(|h| h.trim().to_owned())
                 .unwrap_or_default();
+            let sent = Instant::now();
             sqlx::query(
                 "INSERT INTO workers (id, host, pid, lease_until) VALUES ($1, $2, $3, now() + make_interval(secs => $4))",
             )
@@ -169,7 +178,13 @@ impl PostgresStore {
             .execute(&store.pool)
             .await
             .map_err(fail)?;
-            store.heartbeat = Some(spawn_heartbeat(store.pool.clone(), id.clone(), shown));
+            *store.send_until.lock().unwrap_or_else(|p| p.into_inner()) = sent + SEND_FOR;
+            store.heartbeat = Some(spawn_heartbeat(
+                store.pool.clone(),
+                id.clone(),
+                shown,
+                store.send_until.clone(),
+            ));
             store.worker = Some(id);
         } else {
             store.held = store.any_live_worker().await?;
@@ -1054,6 +1069,13 @@ impl PostgresStore {
             .map_err(|e| self.db(e))
     }
 
+    /// Until when this worker may send calls (`None`: not opened for a run).
+    pub(super) fn send_deadline(&self) -> Option<Instant> {
+        self.worker
+            .as_ref()
+            .map(|_| *self.send_until.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
     /// Pending targets of the operation that other workers hold under a live lease: they are
     /// being worked on, or are taken over once that lease runs out.
     pub(super) async fn held_by_others(&self, operation: &str) -> Result<i64, LedgerError> {
@@ -1124,13 +1146,19 @@ impl Drop for PostgresStore {
 
 /// Renews the worker's lease every second. A renewal that fails is logged; the lease then runs
 /// out on the database's clock, and the worker claims nothing more (the claim checks it).
-fn spawn_heartbeat(pool: PgPool, worker: String, shown: String) -> JoinHandle<()> {
+fn spawn_heartbeat(
+    pool: PgPool,
+    worker: String,
+    shown: String,
+    send_until: Arc<Mutex<Instant>>,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(HEARTBEAT);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
         loop {
             tick.tick().await;
+            let sent = Instant::now();
             let renewed = sqlx::query(
                 "UPDATE workers SET lease_until = now() + make_interval(secs => $2) WHERE id = $1 AND state = 'live' AND lease_until > now()",
             )
@@ -1139,7 +1167,9 @@ fn spawn_heartbeat(pool: PgPool, worker: String, shown: String) -> JoinHandle<()
             .execute(&pool)
             .await;
             match renewed {
-                Ok(done) if done.rows_affected() == 1 => {}
+                Ok(done) if done.rows_affected() == 1 => {
+                    *send_until.lock().unwrap_or_else(|p| p.into_inner()) = sent + SEND_FOR;
+                }
                 Ok(_) => tracing::warn!(
                     "ledger {shown}: this worker's lease ran out before it was renewed"
                 ),

@@ -74,6 +74,9 @@ pub enum Halt {
     Ledger(String),
 }
 
+/// How often the run looks at its lease's send deadline (it also wakes at the deadline).
+const LEASE_CHECK: Duration = Duration::from_millis(100);
+
 /// What a run did.
 #[derive(Debug)]
 pub struct RunOutcome {
@@ -127,6 +130,23 @@ pub async fn run(
             worker.set_halt(Halt::Interrupted);
         })
     };
+    // A shared ledger's lease not renewed in time: stop sending before another worker may take
+    // this one's targets over.
+    let lease_watch = ledger.send_deadline().map(|_| {
+        let (ledger, worker) = (ledger.clone(), worker.clone());
+        tokio::spawn(async move {
+            while let Some(deadline) = ledger.send_deadline() {
+                if std::time::Instant::now() >= deadline {
+                    worker.set_halt(Halt::Ledger(
+                        "this worker's lease on the ledger was not renewed in time; it stopped sending so that another worker can take its targets over".into(),
+                    ));
+                    return;
+                }
+                let wake = deadline.min(std::time::Instant::now() + LEASE_CHECK);
+                tokio::time::sleep_until(tokio::time::Instant::from_std(wake)).await;
+            }
+        })
+    });
     // AIMD recovery, once a second.
     let ticker = {
         let worker = worker.clone();
@@ -163,6 +183,9 @@ pub async fn run(
     drain(&mut tasks, &stop, plan.drain_timeout).await;
     ticker.abort();
     on_interrupt.abort();
+    if let Some(watch) = lease_watch {
+        watch.abort();
+    }
     drop(out_tx);
     let writer_result = writer.await.unwrap_or_else(|e| {
         Err(LedgerError::Io {

@@ -120,9 +120,14 @@ impl Postgres {
     /// A new, empty database in the cluster; its URL (user `postgres`, no password).
     pub fn database(&self) -> String {
         let name = format!("ledger{}", self.databases.fetch_add(1, Ordering::Relaxed));
-        let mut create = command(self.as_postgres, &Path::new(BIN).join("psql"));
-        create
-            .args(["-X", "-q", "-h"])
+        self.psql("postgres", &format!("CREATE DATABASE {name}"));
+        self.url(&name)
+    }
+
+    /// Runs `sql` in `database` with psql; its unaligned, tuples-only output.
+    pub fn psql(&self, database: &str, sql: &str) -> String {
+        let mut c = command(self.as_postgres, &Path::new(BIN).join("psql"));
+        c.args(["-X", "-q", "-At", "-h"])
             .arg(self.dir.path())
             .args([
                 "-p",
@@ -130,12 +135,28 @@ impl Postgres {
                 "-U",
                 "postgres",
                 "-d",
-                "postgres",
+                database,
             ])
-            .args(["-c", &format!("CREATE DATABASE {name}")]);
-        // psql lives in /usr/bin on Debian; the cluster's own bin has it too.
-        run(create, "CREATE DATABASE");
-        self.url(&name)
+            .args(["-c", sql])
+            .stdin(Stdio::null());
+        let out = c.output().expect("psql runs");
+        assert!(
+            out.status.success(),
+            "psql {sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// The postmaster's pid (the first line of `postmaster.pid`).
+    pub fn postmaster_pid(&self) -> i32 {
+        std::fs::read_to_string(self.data.join("postmaster.pid"))
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
     }
 
     pub fn url(&self, database: &str) -> String {
