@@ -424,3 +424,58 @@ fn a_worker_that_cannot_renew_its_lease_stops_sending_before_it_runs_out() {
     assert_eq!(ours.len(), n);
     assert_eq!(ours, credentials(&sim.get("/__sim/credentials")));
 }
+
+#[test]
+fn a_frozen_worker_is_taken_over_and_its_late_outcomes_are_fenced_out() {
+    let Some(pg) = Postgres::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let n = 1500;
+    let csv = devices(dir.path(), "dev", n);
+    let sim = start_sim(&["--latency", "uniform:5:30"]);
+    let url = pg.database();
+    let mut workers = spawn_workers(2, &csv, &url, &sim, "250", dir.path());
+    std::thread::sleep(Duration::from_millis(1200));
+    let frozen = workers.remove(0);
+    let pid = frozen.id() as i32;
+    // SAFETY: kill(2) on a child this test started.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    // The survivor finishes its share, waits out the frozen worker's lease and takes over.
+    let survivor = workers.remove(0).wait_with_output().unwrap();
+    assert_eq!(
+        survivor.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&survivor.stderr)
+    );
+    let calls = sim.stats()["total_calls"].as_u64().unwrap();
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let out = frozen.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let after = sim.stats()["total_calls"].as_u64().unwrap();
+    eprintln!(
+        "frozen worker woke after the takeover: exit {:?}, {} call(s) sent after waking",
+        out.status.code(),
+        after - calls
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "it halts on its lost lease: {err}"
+    );
+    assert!(err.contains("lease"), "{err}");
+    // What it had claimed ahead and its calls in flight come back to a ledger where the
+    // survivor holds those targets under a newer epoch: none of it is stored.
+    assert!(err.contains("not stored"), "{err}");
+    assert_eq!(after, calls, "it sends nothing once awake");
+    assert!(
+        duplicates(&sim).is_empty(),
+        "{}",
+        sim.stats()["credentials"]
+    );
+    let ours = exported(&url, dir.path());
+    assert_eq!(ours.len(), n);
+    assert_eq!(ours, credentials(&sim.get("/__sim/credentials")));
+    let counts = status_counts(&url, dir.path());
+    assert_eq!(counts["register"]["registered"], n as u64, "{counts:?}");
+}

@@ -552,6 +552,13 @@ impl PostgresStore {
                 .await?;
         }
         tx.commit().await.map_err(|e| self.db(e))?;
+        // A finished target is not claimed again by this worker: forget its epoch.
+        {
+            let mut map = self.epochs.lock().unwrap_or_else(|p| p.into_inner());
+            for o in outcomes.iter().filter(|o| o.state != ItemState::Pending) {
+                map.remove(&o.target.key());
+            }
+        }
         if fenced > 0 {
             tracing::warn!(
                 "ledger {}: {fenced} outcome(s) not stored: another worker claimed those targets after this one's lease ran out",

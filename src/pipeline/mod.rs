@@ -137,9 +137,7 @@ pub async fn run(
         tokio::spawn(async move {
             while let Some(deadline) = ledger.send_deadline() {
                 if std::time::Instant::now() >= deadline {
-                    worker.set_halt(Halt::Ledger(
-                        "this worker's lease on the ledger was not renewed in time; it stopped sending so that another worker can take its targets over".into(),
-                    ));
+                    worker.set_halt(lease_lost());
                     return;
                 }
                 let wake = deadline.min(std::time::Instant::now() + LEASE_CHECK);
@@ -162,7 +160,8 @@ pub async fn run(
     let batch = feeder::batch_size(plan.pace.target_rate(worker.sources()));
     let (work_tx, mut work_rx) = mpsc::channel::<WorkItem>(batch as usize);
     let feeder = feeder::spawn(ledger.clone(), operation, batch, stop.clone(), work_tx);
-    let (mut tasks, mut unsent) = dispatch(&worker, &mut work_rx, &out_tx, plan.concurrency).await;
+    let (mut tasks, mut unsent) =
+        dispatch(&worker, &ledger, &mut work_rx, &out_tx, plan.concurrency).await;
 
     // Claimed but never sent: back to pending as they were.
     work_rx.close();
@@ -215,6 +214,7 @@ pub async fn run(
 /// was taken from the feeder but not sent.
 async fn dispatch(
     worker: &Arc<Worker>,
+    ledger: &Ledger,
     work: &mut mpsc::Receiver<WorkItem>,
     out: &mpsc::Sender<OutcomeRecord>,
     concurrency: usize,
@@ -240,6 +240,16 @@ async fn dispatch(
             unsent.push(item);
             break;
         };
+        // Checked again at the last moment: a process that was frozen (SIGSTOP, a VM paused)
+        // wakes with its deadline behind it before the lease watch has run.
+        if ledger
+            .send_deadline()
+            .is_some_and(|deadline| std::time::Instant::now() >= deadline)
+        {
+            worker.set_halt(lease_lost());
+            unsent.push(item);
+            break;
+        }
         let worker = worker.clone();
         let out = out.clone();
         tasks.spawn(async move {
@@ -278,6 +288,13 @@ async fn drain(tasks: &mut JoinSet<()>, stop: &CancellationToken, timeout: Durat
         );
         tasks.abort_all();
     }
+}
+
+/// The halt of a worker whose lease on a shared ledger was not renewed in time.
+fn lease_lost() -> Halt {
+    Halt::Ledger(
+        "this worker's lease on the ledger was not renewed in time; it stopped sending so that another worker can take its targets over".into(),
+    )
 }
 
 /// A target that was claimed but never sent goes back to `pending` as it was.
