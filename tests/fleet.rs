@@ -479,3 +479,50 @@ fn a_frozen_worker_is_taken_over_and_its_late_outcomes_are_fenced_out() {
     let counts = status_counts(&url, dir.path());
     assert_eq!(counts["register"]["registered"], n as u64, "{counts:?}");
 }
+
+#[test]
+#[ignore = "long form: 2,000 devices, 4 kill -9 at different moments, faults on, on PostgreSQL"]
+fn kill_9_at_several_moments_with_faults_then_resume_on_postgres() {
+    let Some(pg) = Postgres::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let n = 2000;
+    let csv = devices(dir.path(), "dev", n);
+    let sim = start_sim(&[
+        "--latency",
+        "uniform:1:10",
+        "--fault-internal-error",
+        "0.02",
+        "--fault-drop-after",
+        "0.02",
+    ]);
+    let url = pg.database();
+    let mut killed_mid_run = 0;
+    for wait_ms in [300u64, 2000, 6500, 7200] {
+        let mut child = bulk("register", &csv, &url, &sim, "400", dir.path())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(wait_ms));
+        if child.try_wait().unwrap().is_none() {
+            killed_mid_run += 1;
+        }
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+    }
+    assert!(killed_mid_run > 0, "at least one run was killed mid-run");
+    succeed(
+        bulk("register", &csv, &url, &sim, "3000", dir.path()),
+        "final run",
+    );
+    let stats = sim.stats();
+    eprintln!(
+        "{killed_mid_run} runs killed mid-run; Register calls issued {}, duplicates {}",
+        stats["credentials"]["issued_total"], stats["credentials"]["duplicates"]
+    );
+    assert!(duplicates(&sim).is_empty(), "{}", stats["credentials"]);
+    let ours = exported(&url, dir.path());
+    assert_eq!(ours.len(), n);
+    assert_eq!(ours, credentials(&sim.get("/__sim/credentials")));
+    let counts = status_counts(&url, dir.path());
+    assert!(counts["register"].get("pending").is_none(), "{counts:?}");
+}
