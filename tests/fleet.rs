@@ -148,11 +148,12 @@ struct Story {
     status: HashMap<String, serde_json::Value>,
     export: Credentials,
     registry: Credentials,
+    history: Vec<(String, String, i64)>,
     register_s: f64,
 }
 
-/// The story on one ledger: register 300 devices, fetch them, rotate 100 of them; then what
-/// export and status say.
+/// The story on one ledger: register 300 devices, fetch them, rotate 100 of them, revoke 10;
+/// then what export, status and show say.
 fn register_fetch_rotate(ledger: &str, dir: &Path) -> Story {
     let sim = start_sim(&[]);
     let all = devices(dir, "dev", 300);
@@ -175,10 +176,38 @@ fn register_fetch_rotate(ledger: &str, dir: &Path) -> Story {
     let register_s = started.elapsed().as_secs_f64();
     succeed(bulk("fetch", &all, ledger, &sim, "3000", dir), "fetch");
     succeed(bulk("rotate", &some, ledger, &sim, "3000", dir), "rotate");
+    let last = devices(dir, "dev-revoke", 0);
+    let mut text = String::from("client_id\n");
+    for i in 290..300 {
+        text.push_str(&format!("GID_fleet@@@dev-{i:06}\n"));
+    }
+    std::fs::write(&last, text).unwrap();
+    let mut revoke = bulk("revoke", &last, ledger, &sim, "3000", dir);
+    revoke.arg("--yes");
+    succeed(revoke, "revoke");
+    // One device's history, without what differs between two simulators (times, ids).
+    let show = succeed(
+        command(&["show", "GID_fleet@@@dev-000000", "--json"], ledger, dir),
+        "show",
+    );
+    let show: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
+    let history: Vec<(String, String, i64)> = show["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["operation"].as_str().unwrap().to_owned(),
+                e["state"].as_str().unwrap().to_owned(),
+                e["attempts"].as_i64().unwrap(),
+            )
+        })
+        .collect();
     Story {
         registry: credentials(&sim.get("/__sim/credentials")),
         status: status_counts(ledger, dir),
         export: exported(ledger, dir),
+        history,
         register_s,
     }
 }
@@ -200,7 +229,9 @@ fn register_fetch_rotate_export_and_status_on_postgres_equal_sqlite() {
         lite.register_s, on_pg.register_s
     );
 
-    assert_eq!(lite.export.len(), 300);
+    assert_eq!(lite.export.len(), 290, "10 of 300 revoked");
+    assert_eq!(on_pg.history, lite.history, "show tells the same history");
+    assert_eq!(lite.history.len(), 3, "{:?}", lite.history);
     assert_eq!(
         lite.export, lite.registry,
         "SQLite: the ledger equals the registry"
@@ -212,6 +243,7 @@ fn register_fetch_rotate_export_and_status_on_postgres_equal_sqlite() {
     assert_eq!(on_pg.status, lite.status, "status counts the same on both");
     assert_eq!(on_pg.status["rotate"]["rotated"], 100, "{:?}", on_pg.status);
     assert_eq!(on_pg.status["fetch"]["fetched"], 300, "{:?}", on_pg.status);
+    assert_eq!(on_pg.status["revoke"]["revoked"], 10, "{:?}", on_pg.status);
 }
 
 #[test]
