@@ -637,3 +637,51 @@ fn a_postgres_ledger_is_sealed_in_place_and_purged() {
     assert_eq!(ours.len(), 60);
     assert_eq!(ours, credentials(&sim.get("/__sim/credentials")));
 }
+
+#[test]
+fn a_postgres_ledger_over_tls_with_the_rest_from_pg_variables() {
+    let Some(pg) = Postgres::start_tls_only() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let csv = devices(dir.path(), "dev", 50);
+    let sim = start_sim(&[]);
+    let url = pg.database();
+    let database = url.rsplit('/').next().unwrap().to_owned();
+    // The server refuses TCP without TLS.
+    let out = command(&["status"], &format!("{url}?sslmode=disable"), dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // sslmode in the URL: TLS through rustls.
+    succeed(
+        bulk(
+            "register",
+            &csv,
+            &format!("{url}?sslmode=require"),
+            &sim,
+            "3000",
+            dir.path(),
+        ),
+        "register over TLS",
+    );
+    // Host, port, user, database and sslmode from the PG* variables, as libpq reads them.
+    let mut status = command(&["status", "--json"], "postgresql://", dir.path());
+    status
+        .env("PGHOST", "127.0.0.1")
+        .env("PGPORT", pg.port().to_string())
+        .env("PGUSER", "postgres")
+        .env("PGDATABASE", &database)
+        .env("PGSSLMODE", "require");
+    let out = succeed(status, "status from PG* variables");
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        status["operations"][0]["counts"]["registered"], 50,
+        "{status}"
+    );
+}

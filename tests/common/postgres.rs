@@ -56,6 +56,16 @@ impl Postgres {
     /// Starts a cluster, or returns `None` (after printing why) when this machine has no
     /// PostgreSQL and the run is not CI's.
     pub fn start() -> Option<Postgres> {
+        Self::start_with(false)
+    }
+
+    /// A cluster that takes TCP connections only over TLS (a self-signed certificate made with
+    /// openssl; `hostssl` is the only TCP line of pg_hba.conf).
+    pub fn start_tls_only() -> Option<Postgres> {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls_only: bool) -> Option<Postgres> {
         let initdb = Path::new(BIN).join("initdb");
         if !initdb.exists() {
             let note = format!(
@@ -95,6 +105,32 @@ impl Postgres {
             "UTF8",
         ]);
         run(init, "initdb");
+        if tls_only {
+            let mut cert = command(as_postgres, Path::new("/usr/bin/openssl"));
+            cert.args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
+            .args(["-subj", "/CN=localhost", "-keyout"])
+            .arg(data.join("server.key"))
+            .arg("-out")
+            .arg(data.join("server.crt"));
+            run(cert, "openssl req");
+            let append = |file: &str, text: &str, replace: bool| {
+                let path = data.join(file);
+                let old = if replace {
+                    String::new()
+                } else {
+                    std::fs::read_to_string(&path).unwrap()
+                };
+                std::fs::write(&path, format!("{old}{text}")).unwrap();
+            };
+            append("postgresql.conf", "\nssl = on\n", false);
+            append(
+                "pg_hba.conf",
+                "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+                true,
+            );
+        }
         let port = free_port();
         let options = format!(
             "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200",
