@@ -2,6 +2,11 @@
 //! cluster (tests/common/postgres.rs) and drives the real binary against a simulator process
 //! that reissues on a second Register (`--dup-mode reissue`), so a device keyed twice shows in
 //! its `credentials.duplicates`.
+//!
+//! Covered: the same story on SQLite and PostgreSQL gives the same export, status and history;
+//! the URL's password is never shown; TLS through sslmode and the PG* variables; seal and purge;
+//! three workers on one CSV; a worker killed -9, frozen (SIGSTOP), or cut off from the database,
+//! taken over after its lease without a device keyed twice.
 
 #[path = "common/postgres.rs"]
 mod postgres;

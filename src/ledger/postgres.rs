@@ -9,6 +9,11 @@
 //! targets were taken over cannot overwrite what the new owner stores. No transaction is ever
 //! open across a call to the service: claims and outcomes are each one short transaction.
 //!
+//! A worker takes over a dead worker's targets in its claim (they are claimable once their
+//! owner's lease ran out, and carry `maybe_applied`, so they are reconciled); `SKIP LOCKED`
+//! gives each to one worker, so no reaper or advisory lock is needed for that. Not here yet: a
+//! rate budget shared by the workers, and riding out a database outage.
+//!
 //! It must never let a `sqlx` type out, nor show the URL's password: messages name the database
 //! by [`PostgresUrl::shown`]. It knows nothing of HTTP, CSV parsing or exit codes.
 
