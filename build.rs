@@ -2,4 +2,5 @@
 // One line per backend's directory (each has its own `sqlx::migrate!`).
 fn main() {
     println!("cargo:rerun-if-changed=migrations/sqlite");
+    println!("cargo:rerun-if-changed=migrations/postgres");
 }

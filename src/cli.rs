@@ -152,7 +152,8 @@ pub struct RunArgs {
     pub instance_id: Option<String>,
     #[command(flatten)]
     pub input: InputArgs,
-    /// The ledger: a SQLite file (created 0600; one per instance), or `sqlite:PATH`. Default
+    /// The ledger: a SQLite file (created 0600; one per instance), `sqlite:PATH`, or a
+    /// PostgreSQL database several workers share (`postgres://…`, PG* variables, sslmode). Default
     /// `provision.sqlite`, and `rehearsal.sqlite` under --simulate: a rehearsal's credentials
     /// never land in the ledger of real ones.
     #[arg(long, value_name = "PATH", value_parser = parse_ledger, env = "MQTT_PROVISION_LEDGER")]
@@ -283,7 +284,8 @@ pub struct InputArgs {
 
 #[derive(Debug, Args)]
 pub struct LedgerArgs {
-    /// The ledger: a SQLite file (created 0600; one per instance), or `sqlite:PATH`.
+    /// The ledger: a SQLite file (created 0600; one per instance), `sqlite:PATH`, or a
+    /// PostgreSQL database (`postgres://…`).
     #[arg(long, value_name = "PATH", default_value = "provision.sqlite", value_parser = parse_ledger, env = "MQTT_PROVISION_LEDGER")]
     pub ledger: LedgerLocation,
 }

@@ -177,7 +177,11 @@ impl BulkPlan {
         if args.simulate {
             // The rehearsal's service keeps its registry beside the rehearsal's ledger, so
             // `register --simulate` then `rotate --simulate` act on the same devices.
-            let LedgerLocation::SqliteFile(path) = &ledger;
+            let LedgerLocation::SqliteFile(path) = &ledger else {
+                return Err(Failure::usage(anyhow!(
+                    "--simulate keeps the rehearsal's registry beside a SQLite ledger; give --ledger a file path"
+                )));
+            };
             let mut journal = path.as_os_str().to_owned();
             journal.push(".simulator");
             access.rehearsal = Rehearsal {

@@ -19,6 +19,11 @@ pub enum LedgerError {
         "ledger {path} is in use by another mqtt-provision process (lock {path}.lock); wait for it to finish, or use another --ledger"
     )]
     Busy { path: String },
+    /// Maintenance on a database ledger while a worker holds a lease on it.
+    #[error(
+        "ledger {path} is in use by a running mqtt-provision worker; wait for every run on it to finish"
+    )]
+    InUse { path: String },
     #[error(
         "ledger {path} belongs to instance {found}, not {wanted}; use another --ledger for another instance"
     )]
@@ -63,6 +68,7 @@ impl LedgerError {
     pub fn exit_code(&self) -> ExitCode {
         match self {
             LedgerError::Busy { .. }
+            | LedgerError::InUse { .. }
             | LedgerError::WrongInstance { .. }
             | LedgerError::Missing { .. }
             | LedgerError::Unsafe { .. }

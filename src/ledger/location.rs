@@ -1,5 +1,6 @@
-//! Where a ledger lives, read once from the `--ledger` value: today a SQLite file, given as a
-//! path or as a `sqlite:` URL.
+//! Where a ledger lives, read once from the `--ledger` value: a SQLite file, given as a path or
+//! as a `sqlite:` URL, or a PostgreSQL database, given as a `postgres://` / `postgresql://` URL
+//! (libpq's conventions: what the URL leaves out comes from the PG* environment variables).
 //!
 //! It owns what a `--ledger` value may say and how a location is shown in messages. It must
 //! never open, create or lock anything (that is each backend's business: `status` must not
@@ -14,11 +15,52 @@ use super::LedgerError;
 pub enum LedgerLocation {
     /// A SQLite database file, created (0600) by the commands that write a ledger.
     SqliteFile(PathBuf),
+    /// A PostgreSQL database, shared by every worker pointed at it.
+    Postgres(PostgresUrl),
+}
+
+/// A PostgreSQL URL as given. Its `Debug` and [`PostgresUrl::shown`] never include the password
+/// or the query (where `password=` may be), so neither can reach a log or a message.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PostgresUrl(String);
+
+impl PostgresUrl {
+    /// The whole URL, for the driver only.
+    pub(super) fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL as messages show it: scheme, user, host, port and database; no password, no
+    /// parameters.
+    pub fn shown(&self) -> String {
+        let (scheme, rest) = self.0.split_once("://").unwrap_or(("postgres", &self.0));
+        let rest = rest.split(['?', '#']).next().unwrap_or_default();
+        // The authority ends at the first `/`; its user info at its last `@`.
+        let (authority, path) = match rest.find('/') {
+            Some(i) => rest.split_at(i),
+            None => (rest, ""),
+        };
+        let authority = match authority.rsplit_once('@') {
+            Some((user_info, host)) => {
+                let user = user_info.split(':').next().unwrap_or_default();
+                format!("{user}@{host}")
+            }
+            None => authority.to_owned(),
+        };
+        format!("{scheme}://{authority}{path}")
+    }
+}
+
+impl std::fmt::Debug for PostgresUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PostgresUrl({})", self.shown())
+    }
 }
 
 impl LedgerLocation {
     /// Reads a `--ledger` value: a file path, or `sqlite:PATH` / `sqlite://PATH` (the forms
-    /// sqlx's own URLs take). Another URL scheme is refused, PostgreSQL with "not supported yet".
+    /// sqlx's own URLs take), or a `postgres://` / `postgresql://` URL. Another URL scheme is
+    /// refused.
     pub fn parse(value: &Path) -> Result<LedgerLocation, LedgerError> {
         // A path that is not UTF-8 cannot be a URL: schemes are ASCII.
         let Some(text) = value.to_str() else {
@@ -46,31 +88,34 @@ impl LedgerLocation {
         }
         if let Some(scheme) = url_scheme(text) {
             let shown = format!("{scheme}://…");
-            return Err(match scheme.to_ascii_lowercase().as_str() {
-                "postgres" | "postgresql" => refuse(
+            return match scheme.to_ascii_lowercase().as_str() {
+                "postgres" | "postgresql" => {
+                    Ok(LedgerLocation::Postgres(PostgresUrl(text.to_owned())))
+                }
+                _ => Err(refuse(
                     shown,
-                    "PostgreSQL ledgers are not supported yet; give --ledger a SQLite file path",
-                ),
-                _ => refuse(
-                    shown,
-                    "not a kind of ledger this version knows; give --ledger a SQLite file path",
-                ),
-            });
+                    "not a kind of ledger this version knows; give --ledger a SQLite file path or a postgres:// URL",
+                )),
+            };
         }
         Ok(LedgerLocation::SqliteFile(value.to_owned()))
     }
 
     /// Whether the ledger is there already (a command that only reads refuses a missing one).
+    /// A database server is taken to be there: only connecting would tell.
     pub fn exists(&self) -> bool {
         match self {
             LedgerLocation::SqliteFile(path) => path.exists(),
+            LedgerLocation::Postgres(_) => true,
         }
     }
 
-    /// The location as messages name it (a SQLite file: its path as given).
+    /// The location as messages name it (a SQLite file: its path as given; a database: its URL
+    /// without password or parameters).
     pub fn display(&self) -> String {
         match self {
             LedgerLocation::SqliteFile(path) => path.display().to_string(),
+            LedgerLocation::Postgres(url) => url.shown(),
         }
     }
 }
@@ -129,20 +174,24 @@ mod tests {
     }
 
     #[test]
-    fn postgres_is_refused_clearly_without_showing_the_url() {
-        for url in [
-            "postgres://worker:hunter2@db/ledger",
-            "postgresql://db/ledger",
-            "POSTGRES://db",
+    fn postgres_urls_are_databases_shown_without_their_password() {
+        for (url, shown) in [
+            (
+                "postgres://worker:hunter2@db:5433/ledger?sslmode=require&password=hunter2",
+                "postgres://worker@db:5433/ledger",
+            ),
+            ("postgresql://db/ledger", "postgresql://db/ledger"),
+            ("POSTGRES://db", "POSTGRES://db"),
+            ("postgres://w:p%40ss@word@db/l", "postgres://w@db/l"),
         ] {
-            let e = parse(url).unwrap_err();
-            let text = e.to_string();
+            let location = parse(url).unwrap();
+            assert!(matches!(location, LedgerLocation::Postgres(_)), "{url}");
+            assert_eq!(location.display(), shown);
+            let debug = format!("{location:?}");
             assert!(
-                text.contains("PostgreSQL ledgers are not supported yet"),
-                "{text}"
+                !debug.contains("hunter2") && !debug.contains("word"),
+                "{debug}"
             );
-            assert!(!text.contains("hunter2") && !text.contains("db/"), "{text}");
-            assert_eq!(e.exit_code().code(), 2);
         }
     }
 

@@ -16,6 +16,7 @@
 
 mod error;
 mod location;
+mod postgres;
 mod private_file;
 mod seal;
 mod sqlite;
@@ -24,7 +25,7 @@ mod state;
 use std::collections::BTreeMap;
 
 pub use error::LedgerError;
-pub use location::LedgerLocation;
+pub use location::{LedgerLocation, PostgresUrl};
 pub use private_file::{Replacement, UnsafeFile, open_private};
 pub use seal::{Opener, Sealer, is_sealed};
 pub use state::ItemState;
@@ -32,6 +33,7 @@ pub use state::ItemState;
 use crate::input::Row;
 use crate::secret::Secret;
 use crate::target::Target;
+use postgres::PostgresStore;
 use sqlite::SqliteStore;
 
 /// One run of a command on the ledger, as `status` shows the newest.
@@ -156,9 +158,11 @@ pub struct Ledger {
 }
 
 /// The backend holding an open ledger. Each variant brings its own SQL, migrations and way of
-/// keeping a second worker out (SQLite: a lock file).
+/// keeping workers apart (SQLite: a lock file keeps a second one out; PostgreSQL: leases, and
+/// claims that each take a target for one worker).
 enum Store {
     Sqlite(SqliteStore),
+    Postgres(PostgresStore),
 }
 
 /// Runs `$call` with `$store` bound to the ledger's backend, whichever it is: a new backend
@@ -167,6 +171,7 @@ macro_rules! on_store {
     ($ledger:expr, $store:ident => $call:expr) => {
         match &$ledger.store {
             Store::Sqlite($store) => $call,
+            Store::Postgres($store) => $call,
         }
     };
 }
@@ -214,6 +219,9 @@ impl Ledger {
             LedgerLocation::SqliteFile(path) => {
                 Store::Sqlite(SqliteStore::open_exclusive(path, true).await?)
             }
+            LedgerLocation::Postgres(url) => {
+                Store::Postgres(PostgresStore::open(url, true, false).await?)
+            }
         };
         let mut ledger = Ledger {
             store,
@@ -247,6 +255,8 @@ impl Ledger {
     pub async fn open_for_export(location: &LedgerLocation) -> Result<Ledger, LedgerError> {
         let writable = match location {
             LedgerLocation::SqliteFile(path) => may_write(path),
+            // The database's own permissions decide; a refused write is its error.
+            LedgerLocation::Postgres(_) => true,
         };
         Self::open_shared(location, !writable).await
     }
@@ -266,6 +276,9 @@ impl Ledger {
             LedgerLocation::SqliteFile(path) => {
                 Store::Sqlite(SqliteStore::open_shared(path, read_only).await?)
             }
+            LedgerLocation::Postgres(url) => {
+                Store::Postgres(PostgresStore::open(url, false, read_only).await?)
+            }
         };
         let mut ledger = Ledger {
             store,
@@ -283,6 +296,16 @@ impl Ledger {
         let store = match location {
             LedgerLocation::SqliteFile(path) => {
                 Store::Sqlite(SqliteStore::open_exclusive(path, false).await?)
+            }
+            LedgerLocation::Postgres(url) => {
+                // No run may write while secrets are rewritten: none may hold a lease.
+                let store = PostgresStore::open(url, false, false).await?;
+                if store.held_by_a_run() {
+                    let path = store.path().to_owned();
+                    store.close().await;
+                    return Err(LedgerError::InUse { path });
+                }
+                Store::Postgres(store)
             }
         };
         let mut ledger = Ledger {
@@ -437,7 +460,12 @@ impl Ledger {
         /// `maybe_applied` before any call is sent, so a kill -9 at any moment leaves a trace that
         /// makes the next run reconcile instead of calling again.
         fn claim(operation: &str, after_id: i64, limit: i64, marks_effect: bool) -> Vec<WorkItem>;
-        /// Targets per state, with invalid input rows counted as `invalid`.
+        /// Pending targets of the operation that other live workers hold (a shared ledger):
+        /// once none claim is left, a worker waits for these, and takes over those whose
+        /// worker's lease runs out. Always 0 on SQLite.
+        fn held_by_others(operation: &str) -> i64;
+        /// Targets per state, with invalid input rows counted as `invalid` (and, on a shared
+        /// ledger, pending targets another live worker holds as `in_progress`).
         fn counts(operation: &str) -> BTreeMap<String, i64>;
         /// The operations this ledger has items for.
         fn operations() -> Vec<String>;
@@ -469,6 +497,15 @@ impl Ledger {
         fn pending_by_file(operation: &str) -> Vec<(String, i64)>;
     }
 
+    /// On a shared ledger, the moment this worker must stop sending unless its lease is renewed
+    /// before (its own monotonic clock); `None` when no lease applies (SQLite).
+    pub fn send_deadline(&self) -> Option<std::time::Instant> {
+        match &self.store {
+            Store::Sqlite(_) => None,
+            Store::Postgres(s) => s.send_deadline(),
+        }
+    }
+
     /// Whether a run (this process's or another's) holds the ledger now.
     pub fn held_by_a_run(&self) -> bool {
         on_store!(self, s => s.held_by_a_run())
@@ -490,6 +527,7 @@ impl Ledger {
     pub async fn close(self) {
         match self.store {
             Store::Sqlite(s) => s.close().await,
+            Store::Postgres(s) => s.close().await,
         }
     }
 }

@@ -505,6 +505,11 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// No other worker can hold a target: the lock file keeps a second one out.
+    pub(super) async fn held_by_others(&self, _operation: &str) -> Result<i64, LedgerError> {
+        Ok(0)
+    }
+
     pub(super) async fn pending_by_file(
         &self,
         operation: &str,

@@ -1,6 +1,8 @@
 //! The feeder: claims pending targets from the ledger ahead of the dispatcher, in batches, so a
 //! claim's commit never stalls the pace. When the dispatcher stops taking work, the feeder hands
 //! back what it claimed but could not pass on, so those targets return to `pending` as they were.
+//! On a shared ledger it runs until no other worker holds a target, so it takes over those of a
+//! worker that died.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,6 +16,10 @@ use crate::ledger::{Ledger, LedgerError, WorkItem};
 
 /// A claim slower than this is worth a warning: it delays the targets behind it.
 const SLOW_CLAIM: Duration = Duration::from_millis(100);
+
+/// How often a worker that has claimed everything checks the targets other workers hold (a
+/// shared ledger's lease is renewed every second).
+const HELD_ELSEWHERE_POLL: Duration = Duration::from_millis(500);
 
 /// Claims per batch: half a second of work at the target rate, within bounds.
 pub fn batch_size(target_rate: f64) -> i64 {
@@ -43,9 +49,18 @@ pub fn spawn(
                 tracing::warn!("claiming {} targets took {took:?}", items.len());
             }
             let Some(last) = items.last() else {
-                return Ok(Vec::new());
+                // On a shared ledger, targets other workers hold may still come back (their
+                // worker dies, its lease runs out): wait for them rather than end the run.
+                if ledger.held_by_others(operation.name()).await? == 0 {
+                    return Ok(Vec::new());
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return Ok(Vec::new()),
+                    _ = tokio::time::sleep(HELD_ELSEWHERE_POLL) => continue,
+                }
             };
-            cursor = last.id;
+            // A target taken over from a dead worker may lie behind the cursor: never go back.
+            cursor = cursor.max(last.id);
             let mut items = items.into_iter();
             while let Some(item) = items.next() {
                 // The dispatcher has stopped: hand back what was claimed but never sent.

@@ -74,6 +74,9 @@ pub enum Halt {
     Ledger(String),
 }
 
+/// How often the run looks at its lease's send deadline (it also wakes at the deadline).
+const LEASE_CHECK: Duration = Duration::from_millis(100);
+
 /// What a run did.
 #[derive(Debug)]
 pub struct RunOutcome {
@@ -127,6 +130,21 @@ pub async fn run(
             worker.set_halt(Halt::Interrupted);
         })
     };
+    // A shared ledger's lease not renewed in time: stop sending before another worker may take
+    // this one's targets over.
+    let lease_watch = ledger.send_deadline().map(|_| {
+        let (ledger, worker) = (ledger.clone(), worker.clone());
+        tokio::spawn(async move {
+            while let Some(deadline) = ledger.send_deadline() {
+                if std::time::Instant::now() >= deadline {
+                    worker.set_halt(lease_lost());
+                    return;
+                }
+                let wake = deadline.min(std::time::Instant::now() + LEASE_CHECK);
+                tokio::time::sleep_until(tokio::time::Instant::from_std(wake)).await;
+            }
+        })
+    });
     // Closes the pace controller's epoch when no answer does (a stalled service).
     let ticker = {
         let worker = worker.clone();
@@ -142,7 +160,8 @@ pub async fn run(
     let batch = feeder::batch_size(plan.pace.target_rate(worker.sources()));
     let (work_tx, mut work_rx) = mpsc::channel::<WorkItem>(batch as usize);
     let feeder = feeder::spawn(ledger.clone(), operation, batch, stop.clone(), work_tx);
-    let (mut tasks, mut unsent) = dispatch(&worker, &mut work_rx, &out_tx, plan.concurrency).await;
+    let (mut tasks, mut unsent) =
+        dispatch(&worker, &ledger, &mut work_rx, &out_tx, plan.concurrency).await;
 
     // Claimed but never sent: back to pending as they were.
     work_rx.close();
@@ -163,6 +182,9 @@ pub async fn run(
     drain(&mut tasks, &stop, plan.drain_timeout).await;
     ticker.abort();
     on_interrupt.abort();
+    if let Some(watch) = lease_watch {
+        watch.abort();
+    }
     drop(out_tx);
     let writer_result = writer.await.unwrap_or_else(|e| {
         Err(LedgerError::Io {
@@ -192,6 +214,7 @@ pub async fn run(
 /// was taken from the feeder but not sent.
 async fn dispatch(
     worker: &Arc<Worker>,
+    ledger: &Ledger,
     work: &mut mpsc::Receiver<WorkItem>,
     out: &mpsc::Sender<OutcomeRecord>,
     concurrency: usize,
@@ -218,6 +241,16 @@ async fn dispatch(
             unsent.push(item);
             break;
         };
+        // Checked again at the last moment: a process that was frozen (SIGSTOP, a VM paused)
+        // wakes with its deadline behind it before the lease watch has run.
+        if ledger
+            .send_deadline()
+            .is_some_and(|deadline| std::time::Instant::now() >= deadline)
+        {
+            worker.set_halt(lease_lost());
+            unsent.push(item);
+            break;
+        }
         let task_worker = worker.clone();
         let out = out.clone();
         tasks.spawn(async move {
@@ -265,6 +298,13 @@ async fn drain(tasks: &mut JoinSet<()>, stop: &CancellationToken, timeout: Durat
         );
         tasks.abort_all();
     }
+}
+
+/// The halt of a worker whose lease on a shared ledger was not renewed in time.
+fn lease_lost() -> Halt {
+    Halt::Ledger(
+        "this worker's lease on the ledger was not renewed in time; it stopped sending so that another worker can take its targets over".into(),
+    )
 }
 
 /// A target that was claimed but never sent goes back to `pending` as it was.

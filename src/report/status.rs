@@ -36,9 +36,16 @@ impl OperationStatus {
     /// Human lines: counts, then errors by code with an example each.
     pub fn render(&self) -> String {
         let mut out = String::new();
+        // Then what a backend counts beside the states (a shared ledger: `in_progress`).
         let counts: Vec<String> = ItemState::ALL
             .iter()
             .filter_map(|s| self.counts.get(s.as_str()).map(|n| format!("{s} {n}")))
+            .chain(
+                self.counts
+                    .iter()
+                    .filter(|(k, _)| !ItemState::ALL.iter().any(|s| s.as_str() == *k))
+                    .map(|(k, n)| format!("{k} {n}")),
+            )
             .collect();
         out.push_str(&format!(
             "  {} targets: {}\n",

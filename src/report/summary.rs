@@ -9,6 +9,9 @@ use crate::terminal::escape;
 
 use super::status::OperationStatus;
 
+/// The count a shared ledger gives the pending targets other live workers hold.
+const IN_PROGRESS: &str = "in_progress";
+
 /// What the exit code is, given how the run ended and what the ledger holds.
 pub fn exit_code(halt: Option<&Halt>, status: &OperationStatus) -> ExitCode {
     match halt {
@@ -64,6 +67,8 @@ pub fn summary(
                     other => format!(" --operation {other}"),
                 };
                 out.push_str(&format!("  finished with {failed} invalid or failed: `mqtt-provision export --failures{selection} --ledger {}` lists them; fix and rerun\n", ledger.path()));
+            } else if let Some(held) = status.counts.get(IN_PROGRESS).filter(|n| **n > 0) {
+                out.push_str(&format!("  this worker's share is done; {held} target(s) are held by other workers still running (if one dies, the others take its targets over)\n"));
             } else if status.total() == 0 {
                 out.push_str("  nothing to do: no valid rows\n");
             } else {

@@ -1,0 +1,692 @@
+//! The ledger on PostgreSQL, and several workers sharing it: each test starts a throwaway
+//! cluster (tests/common/postgres.rs) and drives the real binary against a simulator process
+//! that reissues on a second Register (`--dup-mode reissue`), so a device keyed twice shows in
+//! its `credentials.duplicates`.
+//!
+//! Covered: the same story on SQLite and PostgreSQL gives the same export, status and history;
+//! the URL's password is never shown; TLS through sslmode and the PG* variables; seal and purge;
+//! three workers on one CSV; a worker killed -9, frozen (SIGSTOP), or cut off from the database,
+//! taken over after its lease without a device keyed twice.
+
+#[path = "common/postgres.rs"]
+mod postgres;
+#[path = "common/sim_process.rs"]
+mod sim_process;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use postgres::Postgres;
+use sim_process::SimProcess;
+
+const BIN: &str = env!("CARGO_BIN_EXE_mqtt-provision");
+const INSTANCE: &str = "mqtt-fleet-test";
+const AK: &str = "LTAIfleet";
+const SECRET: &str = "fleet-secret";
+
+fn start_sim(extra: &[&str]) -> SimProcess {
+    let mut args = vec![
+        "--dup-mode",
+        "reissue",
+        "--account-qps",
+        "5000",
+        "--ip-qps",
+        "5000",
+    ];
+    args.extend_from_slice(extra);
+    SimProcess::start(BIN, 0, INSTANCE, &format!("{AK}:{SECRET}"), &args)
+}
+
+/// `mqtt-provision ARGS… --ledger LEDGER`, with the simulator's key in the environment.
+fn command(args: &[&str], ledger: &str, dir: &Path) -> Command {
+    let mut c = Command::new(BIN);
+    c.args(args)
+        .args(["--ledger", ledger])
+        .env("ALIBABA_CLOUD_ACCESS_KEY_ID", AK)
+        .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", SECRET)
+        .env("HOME", dir)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null());
+    c
+}
+
+/// A bulk command (`register`, `fetch`, `rotate`) on `csv` against the simulator.
+fn bulk(op: &str, csv: &Path, ledger: &str, sim: &SimProcess, pace: &str, dir: &Path) -> Command {
+    let endpoint = sim.endpoint();
+    let mut c = command(
+        &[
+            op,
+            csv.to_str().unwrap(),
+            "--instance-id",
+            INSTANCE,
+            "--endpoint",
+            &endpoint,
+            "--account-qps",
+            pace,
+            "--ip-qps",
+            pace,
+            "--read-timeout",
+            "2",
+            "--quiet",
+        ],
+        ledger,
+        dir,
+    );
+    c.stdout(Stdio::null()).stderr(Stdio::piped());
+    c
+}
+
+fn succeed(mut c: Command, what: &str) -> Output {
+    let out = c.stdout(Stdio::piped()).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{what}:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn devices(dir: &Path, name: &str, n: usize) -> PathBuf {
+    let mut s = String::from("client_id\n");
+    for i in 0..n {
+        s.push_str(&format!("GID_fleet@@@{name}-{i:06}\n"));
+    }
+    let p = dir.join(format!("{name}.csv"));
+    std::fs::write(&p, s).unwrap();
+    p
+}
+
+fn credentials(csv_text: &str) -> HashMap<String, (String, String)> {
+    let mut r = csv::Reader::from_reader(csv_text.as_bytes());
+    let h = r.headers().unwrap().clone();
+    let col = |n: &str| h.iter().position(|x| x == n).unwrap();
+    let (c, k, s) = (
+        col("client_id"),
+        col("device_access_key_id"),
+        col("device_access_key_secret"),
+    );
+    r.records()
+        .map(Result::unwrap)
+        .map(|rec| (rec[c].to_owned(), (rec[k].to_owned(), rec[s].to_owned())))
+        .collect()
+}
+
+/// `export` of the ledger: what every device holds now.
+fn exported(ledger: &str, dir: &Path) -> HashMap<String, (String, String)> {
+    let out = succeed(command(&["export"], ledger, dir), "export");
+    credentials(&String::from_utf8(out.stdout).unwrap())
+}
+
+/// `status --json`'s operations, by name: their counts per state.
+fn status_counts(ledger: &str, dir: &Path) -> HashMap<String, serde_json::Value> {
+    let out = succeed(command(&["status", "--json"], ledger, dir), "status");
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    status["operations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|op| {
+            (
+                op["operation"].as_str().unwrap().to_owned(),
+                op["counts"].clone(),
+            )
+        })
+        .collect()
+}
+
+fn duplicates(sim: &SimProcess) -> Vec<serde_json::Value> {
+    sim.stats()["credentials"]["duplicates"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+type Credentials = HashMap<String, (String, String)>;
+
+/// What one backend ended with: status counts, the export, the simulator's registry, and how
+/// long the register run took.
+struct Story {
+    status: HashMap<String, serde_json::Value>,
+    export: Credentials,
+    registry: Credentials,
+    history: Vec<(String, String, i64)>,
+    register_s: f64,
+}
+
+/// The story on one ledger: register 300 devices, fetch them, rotate 100 of them, revoke 10;
+/// then what export, status and show say.
+fn register_fetch_rotate(ledger: &str, dir: &Path) -> Story {
+    let sim = start_sim(&[]);
+    let all = devices(dir, "dev", 300);
+    let some = devices(dir, "dev-rotate", 0);
+    std::fs::write(
+        &some,
+        std::fs::read_to_string(&all)
+            .unwrap()
+            .lines()
+            .take(101)
+            .collect::<Vec<_>>()
+            .join("\n"),
+    )
+    .unwrap();
+    let started = Instant::now();
+    succeed(
+        bulk("register", &all, ledger, &sim, "3000", dir),
+        "register",
+    );
+    let register_s = started.elapsed().as_secs_f64();
+    succeed(bulk("fetch", &all, ledger, &sim, "3000", dir), "fetch");
+    succeed(bulk("rotate", &some, ledger, &sim, "3000", dir), "rotate");
+    let last = devices(dir, "dev-revoke", 0);
+    let mut text = String::from("client_id\n");
+    for i in 290..300 {
+        text.push_str(&format!("GID_fleet@@@dev-{i:06}\n"));
+    }
+    std::fs::write(&last, text).unwrap();
+    let mut revoke = bulk("revoke", &last, ledger, &sim, "3000", dir);
+    revoke.arg("--yes");
+    succeed(revoke, "revoke");
+    // One device's history, without what differs between two simulators (times, ids).
+    let show = succeed(
+        command(&["show", "GID_fleet@@@dev-000000", "--json"], ledger, dir),
+        "show",
+    );
+    let show: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
+    let history: Vec<(String, String, i64)> = show["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["operation"].as_str().unwrap().to_owned(),
+                e["state"].as_str().unwrap().to_owned(),
+                e["attempts"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    Story {
+        registry: credentials(&sim.get("/__sim/credentials")),
+        status: status_counts(ledger, dir),
+        export: exported(ledger, dir),
+        history,
+        register_s,
+    }
+}
+
+#[test]
+fn register_fetch_rotate_export_and_status_on_postgres_equal_sqlite() {
+    let Some(pg) = Postgres::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite_dir = dir.path().join("sqlite");
+    let pg_dir = dir.path().join("pg");
+    std::fs::create_dir_all(&sqlite_dir).unwrap();
+    std::fs::create_dir_all(&pg_dir).unwrap();
+    let sqlite_ledger = sqlite_dir.join("l.sqlite");
+    let lite = register_fetch_rotate(sqlite_ledger.to_str().unwrap(), &sqlite_dir);
+    let url = pg.database();
+    let on_pg = register_fetch_rotate(&url, &pg_dir);
+    eprintln!(
+        "register of 300 devices: SQLite {:.2} s, PostgreSQL {:.2} s",
+        lite.register_s, on_pg.register_s
+    );
+
+    assert_eq!(lite.export.len(), 290, "10 of 300 revoked");
+    assert_eq!(on_pg.history, lite.history, "show tells the same history");
+    assert_eq!(lite.history.len(), 3, "{:?}", lite.history);
+    assert_eq!(
+        lite.export, lite.registry,
+        "SQLite: the ledger equals the registry"
+    );
+    assert_eq!(
+        on_pg.export, on_pg.registry,
+        "PostgreSQL: the ledger equals the registry"
+    );
+    assert_eq!(on_pg.status, lite.status, "status counts the same on both");
+    assert_eq!(on_pg.status["rotate"]["rotated"], 100, "{:?}", on_pg.status);
+    assert_eq!(on_pg.status["fetch"]["fetched"], 300, "{:?}", on_pg.status);
+    assert_eq!(on_pg.status["revoke"]["revoked"], 10, "{:?}", on_pg.status);
+}
+
+#[test]
+fn a_postgres_ledger_is_shown_without_its_password() {
+    let Some(pg) = Postgres::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let url = pg.database().replace("postgres@", "postgres:hunter2@");
+    let name = url.rsplit('/').next().unwrap().to_owned();
+    // A database with no ledger in it: status refuses it, naming it without the password.
+    let out = command(&["status"], &url, dir.path()).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains(&name), "names the database: {err}");
+    assert!(!err.contains("hunter2"), "{err}");
+    // A database that does not exist: the server's refusal, still without the password.
+    let missing = url.replace(&name, "nosuchdb");
+    let out = command(&["status"], &missing, dir.path()).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("nosuchdb") && !err.contains("hunter2"),
+        "{err}"
+    );
+}
+
+/// `workers` register processes at once, on one PostgreSQL ledger and one CSV.
+fn spawn_workers(
+    workers: usize,
+    csv: &Path,
+    url: &str,
+    sim: &SimProcess,
+    pace: &str,
+    dir: &Path,
+) -> Vec<Child> {
+    (0..workers)
+        .map(|_| bulk("register", csv, url, sim, pace, dir).spawn().unwrap())
+        .collect()
+}
+
+#[test]
+fn three_workers_on_one_postgres_ledger_register_every_device_exactly_once() {
+    let Some(pg) = Postgres::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let n = 1500;
+    let csv = devices(dir.path(), "dev", n);
+    let sim = start_sim(&["--latency", "uniform:1:5"]);
+    let url = pg.database();
+    let started = Instant::now();
+    // 400 calls/s each: the run lasts about 1.3 s with three workers, so they overlap.
+    for (i, child) in spawn_workers(3, &csv, &url, &sim, "400", dir.path())
+        .into_iter()
+        .enumerate()
+    {
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "worker {i}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let took = started.elapsed().as_secs_f64();
+    let stats = sim.stats();
+    eprintln!(
+        "3 workers, {n} devices in {took:.2} s ({:.0} devices/s); Register calls issued {}, duplicates {}",
+        n as f64 / took,
+        stats["credentials"]["issued_total"],
+        stats["credentials"]["duplicates"]
+    );
+    assert!(duplicates(&sim).is_empty(), "{}", stats["credentials"]);
+    assert_eq!(
+        stats["credentials"]["issued_total"], n as u64,
+        "one Register per device"
+    );
+    let ours = exported(&url, dir.path());
+    assert_eq!(ours.len(), n);
+    assert_eq!(ours, credentials(&sim.get("/__sim/credentials")));
+    let counts = status_counts(&url, dir.path());
+    assert_eq!(counts["register"]["registered"], n as u64, "{counts:?}");
+    assert!(counts["register"].get("pending").is_none(), "{counts:?}");
+}
+
+#[test]
+fn a_worker_killed_mid_run_is_taken_over_and_nothing_is_keyed_twice() {
+    let Some(pg) = Postgres::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let n = 1200;
+    let csv = devices(dir.path(), "dev", n);
+    let sim = start_sim(&["--latency", "uniform:5:30"]);
+    let url = pg.database();
+    let mut workers = spawn_workers(2, &csv, &url, &sim, "300", dir.path());
+    std::thread::sleep(Duration::from_millis(1200));
+    let mut victim = workers.remove(0);
+    assert!(
+        victim.try_wait().unwrap().is_none(),
+        "the victim is still running when killed"
+    );
+    victim.kill().unwrap(); // SIGKILL: nothing handed back, no lease given up
+    victim.wait().unwrap();
+    let killed_at = Instant::now();
+    let held = status_counts(&url, dir.path())["register"]
+        .get("in_progress")
+        .and_then(|v| v.as_u64())
+        .unwrap_or(0);
+    // The survivor finishes its share, waits for the dead worker's lease (5 s) to run out,
+    // then takes its targets over, reconciling those it may have sent.
+    let survivor = workers.remove(0).wait_with_output().unwrap();
+    assert_eq!(
+        survivor.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&survivor.stderr)
+    );
+    eprintln!(
+        "after the kill: {held} targets held by the dead worker (or the survivor); the survivor ended {:.1} s after the kill",
+        killed_at.elapsed().as_secs_f64()
+    );
+    let counts = status_counts(&url, dir.path());
+    assert_eq!(counts["register"]["registered"], n as u64, "{counts:?}");
+    assert_eq!(
+        counts["register"].as_object().unwrap().len(),
+        1,
+        "{counts:?}"
+    );
+    // A rerun finds nothing to do.
+    succeed(
+        bulk("register", &csv, &url, &sim, "3000", dir.path()),
+        "rerun",
+    );
+    let stats = sim.stats();
+    assert!(duplicates(&sim).is_empty(), "{}", stats["credentials"]);
+    let ours = exported(&url, dir.path());
+    assert_eq!(ours.len(), n);
+    assert_eq!(ours, credentials(&sim.get("/__sim/credentials")));
+    let counts = status_counts(&url, dir.path());
+    assert!(counts["register"].get("pending").is_none(), "{counts:?}");
+}
+
+#[test]
+fn a_worker_that_cannot_renew_its_lease_stops_sending_before_it_runs_out() {
+    let Some(pg) = Postgres::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let n = 3000;
+    let csv = devices(dir.path(), "dev", n);
+    let sim = start_sim(&["--latency", "uniform:1:5"]);
+    let url = pg.database();
+    let database = url.rsplit('/').next().unwrap().to_owned();
+    let worker = bulk("register", &csv, &url, &sim, "200", dir.path())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    // Freeze the database for the worker (its sessions, and the postmaster so that no new
+    // session starts): its renewals, claims and writes hang, as on a partition, while its calls
+    // to the service still get through.
+    let mut backends: Vec<i32> = pg
+        .psql(
+            &database,
+            "SELECT pid FROM pg_stat_activity WHERE application_name = 'mqtt-provision'",
+        )
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    assert!(!backends.is_empty(), "the worker is connected");
+    backends.insert(0, pg.postmaster_pid());
+    for pid in &backends {
+        // SAFETY: kill(2) on processes of the cluster this test started.
+        unsafe { libc::kill(*pid, libc::SIGSTOP) };
+    }
+    let frozen = Instant::now();
+    let mut last_change = frozen;
+    let mut calls = sim.stats()["total_calls"].as_u64().unwrap();
+    while frozen.elapsed() < Duration::from_millis(5500) {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = sim.stats()["total_calls"].as_u64().unwrap();
+        if now != calls {
+            calls = now;
+            last_change = Instant::now();
+        }
+    }
+    let sent_for = (last_change - frozen).as_secs_f64();
+    for pid in &backends {
+        // SAFETY: as above.
+        unsafe { libc::kill(*pid, libc::SIGCONT) };
+    }
+    let out = worker.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let after = sim.stats()["total_calls"].as_u64().unwrap();
+    eprintln!(
+        "database frozen: the worker's last call reached the simulator {sent_for:.2} s later; {} call(s) after the thaw",
+        after - calls
+    );
+    // The last renewal that succeeded was sent before the freeze; its lease (5 s) runs out at
+    // most 5 s after that. Sending stops 4 s after it, and does not resume once the database
+    // answers again: the lease may be another worker's by then.
+    assert!(sent_for < 4.5, "sent for {sent_for:.2} s after the freeze");
+    assert_eq!(after, calls, "nothing sent after the thaw");
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("lease"), "{err}");
+    // Its lease has run out: a rerun takes everything over at once.
+    succeed(
+        bulk("register", &csv, &url, &sim, "3000", dir.path()),
+        "rerun",
+    );
+    assert!(
+        duplicates(&sim).is_empty(),
+        "{}",
+        sim.stats()["credentials"]
+    );
+    let ours = exported(&url, dir.path());
+    assert_eq!(ours.len(), n);
+    assert_eq!(ours, credentials(&sim.get("/__sim/credentials")));
+}
+
+#[test]
+fn a_frozen_worker_is_taken_over_and_its_late_outcomes_are_fenced_out() {
+    let Some(pg) = Postgres::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let n = 1500;
+    let csv = devices(dir.path(), "dev", n);
+    let sim = start_sim(&["--latency", "uniform:5:30"]);
+    let url = pg.database();
+    let mut workers = spawn_workers(2, &csv, &url, &sim, "250", dir.path());
+    std::thread::sleep(Duration::from_millis(1200));
+    let frozen = workers.remove(0);
+    let pid = frozen.id() as i32;
+    // SAFETY: kill(2) on a child this test started.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    // The survivor finishes its share, waits out the frozen worker's lease and takes over.
+    let survivor = workers.remove(0).wait_with_output().unwrap();
+    assert_eq!(
+        survivor.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&survivor.stderr)
+    );
+    let calls = sim.stats()["total_calls"].as_u64().unwrap();
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let out = frozen.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let after = sim.stats()["total_calls"].as_u64().unwrap();
+    eprintln!(
+        "frozen worker woke after the takeover: exit {:?}, {} call(s) sent after waking",
+        out.status.code(),
+        after - calls
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "it halts on its lost lease: {err}"
+    );
+    assert!(err.contains("lease"), "{err}");
+    // What it had claimed ahead and its calls in flight come back to a ledger where the
+    // survivor holds those targets under a newer epoch: none of it is stored.
+    assert!(err.contains("not stored"), "{err}");
+    assert_eq!(after, calls, "it sends nothing once awake");
+    assert!(
+        duplicates(&sim).is_empty(),
+        "{}",
+        sim.stats()["credentials"]
+    );
+    let ours = exported(&url, dir.path());
+    assert_eq!(ours.len(), n);
+    assert_eq!(ours, credentials(&sim.get("/__sim/credentials")));
+    let counts = status_counts(&url, dir.path());
+    assert_eq!(counts["register"]["registered"], n as u64, "{counts:?}");
+}
+
+#[test]
+#[ignore = "long form: 2,000 devices, 4 kill -9 at different moments, faults on, on PostgreSQL"]
+fn kill_9_at_several_moments_with_faults_then_resume_on_postgres() {
+    let Some(pg) = Postgres::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let n = 2000;
+    let csv = devices(dir.path(), "dev", n);
+    let sim = start_sim(&[
+        "--latency",
+        "uniform:1:10",
+        "--fault-internal-error",
+        "0.02",
+        "--fault-drop-after",
+        "0.02",
+    ]);
+    let url = pg.database();
+    let mut killed_mid_run = 0;
+    for wait_ms in [300u64, 2000, 6500, 7200] {
+        let mut child = bulk("register", &csv, &url, &sim, "400", dir.path())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(wait_ms));
+        if child.try_wait().unwrap().is_none() {
+            killed_mid_run += 1;
+        }
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+    }
+    assert!(killed_mid_run > 0, "at least one run was killed mid-run");
+    succeed(
+        bulk("register", &csv, &url, &sim, "3000", dir.path()),
+        "final run",
+    );
+    let stats = sim.stats();
+    eprintln!(
+        "{killed_mid_run} runs killed mid-run; Register calls issued {}, duplicates {}",
+        stats["credentials"]["issued_total"], stats["credentials"]["duplicates"]
+    );
+    assert!(duplicates(&sim).is_empty(), "{}", stats["credentials"]);
+    let ours = exported(&url, dir.path());
+    assert_eq!(ours.len(), n);
+    assert_eq!(ours, credentials(&sim.get("/__sim/credentials")));
+    let counts = status_counts(&url, dir.path());
+    assert!(counts["register"].get("pending").is_none(), "{counts:?}");
+}
+
+/// An age key pair in the form age-keygen writes: (recipient, identity file).
+fn key_pair(dir: &Path) -> (String, PathBuf) {
+    use age::secrecy::ExposeSecret;
+    let identity = age::x25519::Identity::generate();
+    let path = dir.join("line.agekey");
+    std::fs::write(
+        &path,
+        format!(
+            "# public key: {}\n{}\n",
+            identity.to_public(),
+            identity.to_string().expose_secret()
+        ),
+    )
+    .unwrap();
+    (identity.to_public().to_string(), path)
+}
+
+#[test]
+fn a_postgres_ledger_is_sealed_in_place_and_purged() {
+    let Some(pg) = Postgres::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let csv = devices(dir.path(), "dev", 60);
+    let sim = start_sim(&[]);
+    let url = pg.database();
+    let database = url.rsplit('/').next().unwrap().to_owned();
+    succeed(
+        bulk("register", &csv, &url, &sim, "3000", dir.path()),
+        "register",
+    );
+    succeed(
+        bulk("rotate", &csv, &url, &sim, "3000", dir.path()),
+        "rotate",
+    );
+    let (recipient, identity) = key_pair(dir.path());
+    succeed(
+        command(
+            &["ledger", "seal", "--encrypt-to", &recipient],
+            &url,
+            dir.path(),
+        ),
+        "ledger seal",
+    );
+    let plain = |sql: &str| pg.psql(&database, sql).trim().parse::<i64>().unwrap();
+    assert_eq!(
+        plain(
+            "SELECT COUNT(*) FROM (SELECT device_access_key_secret s FROM items UNION ALL SELECT previous_secret FROM items \
+             UNION ALL SELECT device_access_key_secret FROM devices UNION ALL SELECT previous_secret FROM devices) v \
+             WHERE s IS NOT NULL AND s NOT LIKE 'age:%'"
+        ),
+        0,
+        "no plain secret is left in the database"
+    );
+    // The rotated-away secrets are dropped by purge; the current ones stay.
+    let previous = "SELECT COUNT(*) FROM devices WHERE previous_secret IS NOT NULL";
+    assert!(plain(previous) > 0, "rotate kept the secrets it replaced");
+    succeed(
+        command(&["ledger", "purge"], &url, dir.path()),
+        "ledger purge",
+    );
+    assert_eq!(plain(previous), 0);
+    assert_eq!(
+        plain("SELECT COUNT(*) FROM devices WHERE device_access_key_secret IS NOT NULL"),
+        60
+    );
+    let out = command(&["export"], &url, dir.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "export without the identity");
+    let out = succeed(
+        command(
+            &["export", "--identity", identity.to_str().unwrap()],
+            &url,
+            dir.path(),
+        ),
+        "export with the identity",
+    );
+    let ours = credentials(&String::from_utf8(out.stdout).unwrap());
+    assert_eq!(ours.len(), 60);
+    assert_eq!(ours, credentials(&sim.get("/__sim/credentials")));
+}
+
+#[test]
+fn a_postgres_ledger_over_tls_with_the_rest_from_pg_variables() {
+    let Some(pg) = Postgres::start_tls_only() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let csv = devices(dir.path(), "dev", 50);
+    let sim = start_sim(&[]);
+    let url = pg.database();
+    let database = url.rsplit('/').next().unwrap().to_owned();
+    // The server refuses TCP without TLS.
+    let out = command(&["status"], &format!("{url}?sslmode=disable"), dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // sslmode in the URL: TLS through rustls.
+    succeed(
+        bulk(
+            "register",
+            &csv,
+            &format!("{url}?sslmode=require"),
+            &sim,
+            "3000",
+            dir.path(),
+        ),
+        "register over TLS",
+    );
+    // Host, port, user, database and sslmode from the PG* variables, as libpq reads them.
+    let mut status = command(&["status", "--json"], "postgresql://", dir.path());
+    status
+        .env("PGHOST", "127.0.0.1")
+        .env("PGPORT", pg.port().to_string())
+        .env("PGUSER", "postgres")
+        .env("PGDATABASE", &database)
+        .env("PGSSLMODE", "require");
+    let out = succeed(status, "status from PG* variables");
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        status["operations"][0]["counts"]["registered"], 50,
+        "{status}"
+    );
+}
