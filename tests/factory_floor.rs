@@ -400,3 +400,24 @@ async fn measuring_the_clock_puts_no_bunch_into_the_first_second() {
     assert_eq!(simulator_credentials(&sim).len(), 450);
     sim.stop().await;
 }
+
+/// The README's first command, as a new user runs it: the rehearsal's simulator blocks an
+/// address past 300 calls in any second, and its latency is 80 ms; the run's first second
+/// (the clock measured by the first call) must not bunch calls past it.
+#[tokio::test]
+async fn the_readmes_first_command_rehearses_every_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/devices.csv");
+    let mut c = std::process::Command::new(BIN);
+    c.args(["register", fixture, "--simulate", "--quiet"])
+        .current_dir(dir.path());
+    let out = tokio::task::spawn_blocking(move || c.output().unwrap())
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("every valid target holds a credential"),
+        "{text}"
+    );
+}

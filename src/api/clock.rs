@@ -33,6 +33,8 @@ pub struct ServiceClock {
     calibrated: AtomicBool,
     /// A call is out measuring: the others wait for it.
     probing: AtomicBool,
+    /// Calls that ended without an answer (could not connect), so far.
+    unanswered: std::sync::atomic::AtomicU64,
     ready: tokio::sync::Notify,
     warned: AtomicBool,
 }
@@ -59,6 +61,7 @@ impl ServiceClock {
             local_error_ms,
             calibrated: AtomicBool::new(false),
             probing: AtomicBool::new(false),
+            unanswered: std::sync::atomic::AtomicU64::new(0),
             ready: tokio::sync::Notify::new(),
             warned: AtomicBool::new(false),
         }
@@ -108,16 +111,19 @@ impl ServiceClock {
         }
     }
 
-    /// Waits until the first answer has been read, or no call is out measuring (the one that
-    /// went could not connect), without becoming the measuring call itself; bounded like
-    /// [`ServiceClock::calibrated`].
+    /// Waits until the first answer has been read, or a call ended without one (it could not
+    /// connect), without becoming the measuring call itself; bounded like
+    /// [`ServiceClock::calibrated`]. The call it waits for may not have started yet.
     pub async fn settled(&self) {
         let deadline = tokio::time::Instant::now() + CALIBRATION_WAIT;
+        let unanswered = self.unanswered.load(Ordering::Acquire);
         loop {
             let notified = self.ready.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if self.calibrated.load(Ordering::Acquire) || !self.probing.load(Ordering::Acquire) {
+            if self.calibrated.load(Ordering::Acquire)
+                || self.unanswered.load(Ordering::Acquire) != unanswered
+            {
                 return;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
@@ -128,6 +134,7 @@ impl ServiceClock {
 
     /// A call ended without an answer (it could not connect): another may measure.
     pub fn no_answer(&self) {
+        self.unanswered.fetch_add(1, Ordering::AcqRel);
         if !self.calibrated.load(Ordering::Acquire) {
             self.probing.store(false, Ordering::Release);
             self.ready.notify_waiters();
@@ -259,15 +266,13 @@ mod tests {
     #[tokio::test]
     async fn a_dispatcher_waits_for_the_first_answer_without_measuring() {
         let clock = std::sync::Arc::new(ServiceClock::default());
-        // Nothing is out measuring yet: nothing to wait for.
-        tokio::time::timeout(Duration::from_millis(100), clock.settled())
-            .await
-            .expect("no probe, no wait");
-        clock.calibrated().await; // the first call goes
+        // The dispatcher may wait before the first call has even started.
         let dispatcher = {
             let clock = clock.clone();
             tokio::spawn(async move { clock.settled().await })
         };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        clock.calibrated().await; // the first call goes
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!dispatcher.is_finished(), "waits for the first answer");
         clock.observe(Some(&http_date(jiff::Timestamp::now())));
