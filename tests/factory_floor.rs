@@ -414,7 +414,8 @@ async fn the_readmes_first_command_rehearses_every_device() {
     let out = tokio::task::spawn_blocking(move || c.output().unwrap())
         .await
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert!(
         text.contains("every valid target holds a credential"),
