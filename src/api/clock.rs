@@ -20,6 +20,9 @@ use std::time::Duration;
 /// round trip, so a measurement is only good to about a second, and the service allows 15 min.
 pub const TOLERANCE: Duration = Duration::from_secs(5);
 
+/// How long a paced pipeline waits for its first call to start measuring.
+const START_WAIT: Duration = Duration::from_millis(200);
+
 /// How long a call waits for the first answer before going anyway.
 const CALIBRATION_WAIT: Duration = Duration::from_secs(15);
 
@@ -115,8 +118,17 @@ impl ServiceClock {
     /// connect), without becoming the measuring call itself; bounded like
     /// [`ServiceClock::calibrated`]. The call it waits for may not have started yet.
     pub async fn settled(&self) {
-        let deadline = tokio::time::Instant::now() + CALIBRATION_WAIT;
         let unanswered = self.unanswered.load(Ordering::Acquire);
+        // The call it waits for has been handed to a task that may not have run yet; if none
+        // starts measuring soon (the task ended without a call), there is nothing to wait for.
+        let start = tokio::time::Instant::now() + START_WAIT;
+        while !self.probing.load(Ordering::Acquire) && !self.calibrated.load(Ordering::Acquire) {
+            if tokio::time::Instant::now() >= start {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let deadline = tokio::time::Instant::now() + CALIBRATION_WAIT;
         loop {
             let notified = self.ready.notified();
             tokio::pin!(notified);
