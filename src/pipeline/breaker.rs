@@ -133,7 +133,8 @@ impl Breaker {
             let notified = self.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let wake_at = {
+            // One look at the state: how to go, or until when to wait.
+            let (wake_at, patience_end) = {
                 let mut s = self.lock();
                 let now = Instant::now();
                 if let Some((started, at)) = s.since
@@ -145,7 +146,7 @@ impl Breaker {
                         last: s.last.clone(),
                     };
                 }
-                match s.phase {
+                let wake_at = match s.phase {
                     Phase::Closed if waited => return Admit::Waited,
                     Phase::Closed => return Admit::Go,
                     Phase::Open if now >= s.retry_at => {
@@ -155,13 +156,10 @@ impl Breaker {
                     Phase::Open => Some(s.retry_at),
                     // A probe is out: wait for its answer (or the patience's end).
                     Phase::HalfOpen => None,
-                }
+                };
+                (wake_at, s.since.map(|(started, _)| started + self.patience))
             };
             waited = true;
-            let patience_end = {
-                let s = self.lock();
-                s.since.map(|(started, _)| started + self.patience)
-            };
             let until = match (wake_at, patience_end) {
                 (Some(a), Some(b)) => a.min(b),
                 (Some(a), None) | (None, Some(a)) => a,
