@@ -325,6 +325,11 @@ pub struct ApiArgs {
         value_delimiter = ','
     )]
     pub source_addresses: Vec<IpAddr>,
+    /// The public address this host's calls reach the service from, when it shares it with
+    /// other workers of a fleet (NAT): they then share its 300 calls/s instead of each taking
+    /// them (PostgreSQL ledger only).
+    #[arg(long, value_name = "IP", env = "MQTT_PROVISION_EGRESS_IP")]
+    pub egress_ip: Option<IpAddr>,
 }
 
 #[derive(Debug, Args)]

@@ -29,6 +29,7 @@
 
 pub mod access;
 pub mod api;
+pub mod budget;
 pub mod ca;
 pub mod cli;
 pub mod client_id;
@@ -48,3 +49,11 @@ pub mod secret;
 pub mod sim;
 pub mod target;
 pub mod terminal;
+
+/// This host's name, as the kernel has it ('' when it cannot be read): a fleet worker's record
+/// and the pool of a host's default address name it.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default()
+}

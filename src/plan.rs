@@ -41,6 +41,8 @@ pub struct AccessPlan {
     pub clock_error_ms: i64,
     /// One client per entry; `None` is the host's default address.
     pub source_addresses: Vec<Option<IpAddr>>,
+    /// The shared public address the calls leave from (`--egress-ip`).
+    pub egress: Option<IpAddr>,
     /// What the in-process simulator of a rehearsal starts from.
     pub rehearsal: Rehearsal,
 }
@@ -104,6 +106,7 @@ impl AccessPlan {
             read_timeout: api.read_timeout,
             clock_error_ms: api.test_clock_error.unwrap_or(0).saturating_mul(1000),
             source_addresses,
+            egress: api.egress_ip,
             rehearsal: Rehearsal::default(),
         })
     }
@@ -228,6 +231,8 @@ impl BulkPlan {
             max_attempts: self.max_attempts,
             outage_patience: self.outage_patience,
             drain_timeout: self.access.drain_timeout(),
+            sources: self.access.source_addresses.clone(),
+            egress: self.access.egress,
         }
     }
 

@@ -690,3 +690,162 @@ fn a_postgres_ledger_over_tls_with_the_rest_from_pg_variables() {
         "{status}"
     );
 }
+
+/// A register worker from `source` against the account's limit `account_qps`, with 300/s per
+/// address: the limits a fleet shares.
+fn shared_worker(
+    csv: &Path,
+    url: &str,
+    sim: &SimProcess,
+    account_qps: &str,
+    source: &str,
+    dir: &Path,
+) -> Child {
+    shared_worker_with(csv, url, sim, account_qps, source, &[], dir)
+}
+
+fn shared_worker_with(
+    csv: &Path,
+    url: &str,
+    sim: &SimProcess,
+    account_qps: &str,
+    source: &str,
+    extra: &[&str],
+    dir: &Path,
+) -> Child {
+    let endpoint = sim.endpoint();
+    let mut args = vec![
+        "register",
+        csv.to_str().unwrap(),
+        "--instance-id",
+        INSTANCE,
+        "--endpoint",
+        &endpoint,
+        "--account-qps",
+        account_qps,
+        "--source-address",
+        source,
+        "--read-timeout",
+        "2",
+        "--quiet",
+    ];
+    args.extend_from_slice(extra);
+    let mut c = command(&args, url, dir);
+    c.stdout(Stdio::null()).stderr(Stdio::piped());
+    c.spawn().unwrap()
+}
+
+fn max_window(stats: &serde_json::Value, kind: &str, key: &str) -> u64 {
+    stats["max_window"][kind][key].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn workers_share_one_accounts_budget_and_a_joining_worker_gets_its_share() {
+    let Some(pg) = Postgres::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let n = 1600;
+    let csv = devices(dir.path(), "shared", n);
+    // The account's limit is 200/s per API at the simulator, as the workers are told: each
+    // alone would pace to 196/s; together they must not exceed it either.
+    let sim = SimProcess::start(
+        BIN,
+        0,
+        INSTANCE,
+        &format!("{AK}:{SECRET}"),
+        &[
+            "--dup-mode",
+            "reissue",
+            "--account-qps",
+            "200",
+            "--latency",
+            "uniform:1:5",
+        ],
+    );
+    let url = pg.database();
+    let started = Instant::now();
+    let mut children = vec![
+        shared_worker(&csv, &url, &sim, "200", "127.0.0.2", dir.path()),
+        shared_worker(&csv, &url, &sim, "200", "127.0.0.3", dir.path()),
+    ];
+    std::thread::sleep(Duration::from_secs(2));
+    children.push(shared_worker(
+        &csv,
+        &url,
+        &sim,
+        "200",
+        "127.0.0.4",
+        dir.path(),
+    ));
+    for (i, child) in children.into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "worker {i}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let took = started.elapsed().as_secs_f64();
+    let stats = sim.stats();
+    let window = max_window(&stats, "per_api_arrivals", "RegisterDeviceCredential");
+    eprintln!(
+        "3 workers sharing 196/s: {n} devices in {took:.2} s ({:.1} devices/s); Register window {window}, throttled {}, per address {}",
+        n as f64 / took,
+        stats["throttled"],
+        stats["max_window"]["per_ip_arrivals"]
+    );
+    eprintln!("admitted per second: {}", stats["admitted_per_second"]);
+    assert!(
+        window <= 200,
+        "the account's limit was exceeded: {window} in one second"
+    );
+    assert_eq!(stats["throttled"], 0, "{}", stats["calls"]);
+    assert!(duplicates(&sim).is_empty(), "{}", stats["credentials"]);
+    assert_eq!(stats["credentials"]["issued_total"], n as u64);
+    // Shared, the fleet still uses the budget: 1,600 devices at 196/s take 8.2 s.
+    assert!(
+        took < n as f64 / 196.0 * 1.25 + 1.0,
+        "the shared budget was not used: {took:.2} s"
+    );
+    assert_eq!(exported(&url, dir.path()).len(), n);
+}
+
+#[test]
+fn workers_behind_one_egress_address_share_its_300_calls_per_second() {
+    let Some(pg) = Postgres::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let n = 900;
+    let csv = devices(dir.path(), "nat", n);
+    // The simulator sees two addresses; the workers are told both leave from one public
+    // address (NAT), so together they keep under its 300/s (294 with the headroom).
+    let sim = start_sim(&["--latency", "uniform:1:5"]);
+    let url = pg.database();
+    let nat = ["--egress-ip", "198.51.100.20"];
+    let started = Instant::now();
+    let children = [
+        shared_worker_with(&csv, &url, &sim, "2000", "127.0.0.2", &nat, dir.path()),
+        shared_worker_with(&csv, &url, &sim, "2000", "127.0.0.3", &nat, dir.path()),
+    ];
+    for (i, child) in children.into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "worker {i}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let took = started.elapsed().as_secs_f64();
+    let stats = sim.stats();
+    let a = max_window(&stats, "per_ip_arrivals", "127.0.0.2");
+    let b = max_window(&stats, "per_ip_arrivals", "127.0.0.3");
+    eprintln!("2 workers behind one egress address: {n} devices in {took:.2} s; windows {a} + {b}");
+    assert!(
+        a + b <= 300,
+        "one public address would have seen {} in a second",
+        a + b
+    );
+    assert!(a > 0 && b > 0, "both workers sent: {a}, {b}");
+    assert!(duplicates(&sim).is_empty(), "{}", stats["credentials"]);
+    assert_eq!(exported(&url, dir.path()).len(), n);
+}

@@ -23,6 +23,7 @@ mod sqlite;
 mod state;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 pub use error::LedgerError;
 pub use location::{LedgerLocation, PostgresUrl};
@@ -30,6 +31,7 @@ pub use private_file::{Replacement, UnsafeFile, open_private};
 pub use seal::{Opener, Sealer, is_sealed};
 pub use state::ItemState;
 
+use crate::budget::Budget;
 use crate::input::Row;
 use crate::secret::Secret;
 use crate::target::Target;
@@ -160,6 +162,16 @@ pub struct Ledger {
 /// The backend holding an open ledger. Each variant brings its own SQL, migrations and way of
 /// keeping workers apart (SQLite: a lock file keeps a second one out; PostgreSQL: leases, and
 /// claims that each take a target for one worker).
+/// What a fleet worker says of itself (the fleet's `status` shows it).
+#[derive(Debug, Clone, Default)]
+pub struct WorkerInfo {
+    pub operation: String,
+    /// The addresses it sends from ('' for the host's default).
+    pub sources: Vec<String>,
+    /// The shared public address its calls leave from, if it said so.
+    pub egress: Option<String>,
+}
+
 enum Store {
     Sqlite(SqliteStore),
     Postgres(PostgresStore),
@@ -503,6 +515,20 @@ impl Ledger {
         match &self.store {
             Store::Sqlite(_) => None,
             Store::Postgres(s) => s.send_deadline(),
+        }
+    }
+
+    /// On a shared ledger, this worker's limits become its shares of the fleet's pools: `budget`
+    /// states them on every heartbeat and receives the grants, starting now (one heartbeat before
+    /// this returns). Returns whether it applies (`false` on SQLite: one worker holds the limits).
+    pub async fn share_budget(
+        &self,
+        budget: Arc<Budget>,
+        worker: &WorkerInfo,
+    ) -> Result<bool, LedgerError> {
+        match &self.store {
+            Store::Sqlite(_) => Ok(false),
+            Store::Postgres(s) => s.share_budget(budget, worker).await.map(|()| true),
         }
     }
 

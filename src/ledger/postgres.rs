@@ -32,8 +32,9 @@ use super::location::PostgresUrl;
 use super::seal::{Sealer, digest, is_sealed};
 use super::{
     CREDENTIAL_OPERATIONS, CurrentRow, ErrorGroup, ExportRow, HistoryEvent, IngestCounts,
-    ItemState, LedgerError, OutcomeRecord, RunRecord, Target, WorkItem, now_ms,
+    ItemState, LedgerError, OutcomeRecord, RunRecord, Target, WorkItem, WorkerInfo, now_ms,
 };
+use crate::budget::Budget;
 use crate::input::Row;
 use crate::secret::Secret;
 
@@ -43,9 +44,18 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 const BATCH: usize = 1000;
 
 /// How often a worker renews its lease, and for how long a renewal holds (the database's
-/// clock). A worker whose lease ran out holds nothing: its targets may be claimed again.
-const HEARTBEAT: Duration = Duration::from_secs(1);
+/// clock). A worker whose lease ran out holds nothing: its targets may be claimed again. Twice
+/// a second, so a share given up reaches the worker that asked for it within about 2 s (the
+/// giver's next beat, then [`SHARE_HOLD`]).
+const HEARTBEAT: Duration = Duration::from_millis(500);
 const LEASE_SECONDS: i64 = 5;
+/// A lowered share stays counted as the worker's for this long: it may have sent at the old
+/// rate in the second before it heard, and its heartbeat may take up to [`PAUSE_AFTER`].
+const SHARE_HOLD: Duration = Duration::from_millis(1300);
+/// A heartbeat slower than this suspends the worker's shares until its answer comes.
+const PAUSE_AFTER: Duration = Duration::from_millis(300);
+/// The next heartbeat's delay while a share is below the worker's fair target.
+const SHORT_BEAT: Duration = Duration::from_millis(250);
 /// A worker sends nothing later than this after it sent its last renewal that succeeded (its
 /// own monotonic clock): the database granted the lease no earlier than it was sent, so the
 /// worker stops a second before the lease can have run out, whatever the clocks say (River's
@@ -94,6 +104,9 @@ pub(super) struct PostgresStore {
     heartbeat: Option<JoinHandle<()>>,
     /// Until when this worker may send (see [`SEND_FOR`]), moved on by each renewal.
     send_until: Arc<Mutex<Instant>>,
+    /// This worker's shares of the fleet's limits, once the run has said what it uses: each
+    /// heartbeat states them and receives the grants.
+    budget: Arc<Mutex<Option<Arc<Budget>>>>,
     /// Whether a worker held a live lease when this store was opened (`status` shows it).
     held: bool,
     /// Opened only to read (`status`, `show`).
@@ -147,6 +160,7 @@ impl PostgresStore {
             worker: None,
             heartbeat: None,
             send_until: Arc::new(Mutex::new(Instant::now())),
+            budget: Arc::new(Mutex::new(None)),
             held: worker,
             read_only,
             epochs: Mutex::new(HashMap::new()),
@@ -172,9 +186,7 @@ impl PostgresStore {
             .map_err(|e| migrate_error(&shown, &e))?;
         if worker {
             let id = new_worker_id();
-            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|h| h.trim().to_owned())
-                .unwrap_or_default();
+            let host = crate::host_name();
             let sent = Instant::now();
             sqlx::query(
                 "INSERT INTO workers (id, host, pid, lease_until) VALUES ($1, $2, $3, now() + make_interval(secs => $4))",
@@ -192,6 +204,7 @@ impl PostgresStore {
                 id.clone(),
                 shown,
                 store.send_until.clone(),
+                store.budget.clone(),
             ));
             store.worker = Some(id);
         } else {
@@ -1084,6 +1097,33 @@ impl PostgresStore {
             .map_err(|e| self.db(e))
     }
 
+    /// Says what this worker uses of the fleet's limits and takes its first shares (one
+    /// heartbeat now); from then on every heartbeat renews them.
+    pub(super) async fn share_budget(
+        &self,
+        budget: Arc<Budget>,
+        info: &WorkerInfo,
+    ) -> Result<(), LedgerError> {
+        let worker = self.worker_id()?;
+        sqlx::query("UPDATE workers SET operation = $2, sources = $3, egress = $4 WHERE id = $1")
+            .bind(worker)
+            .bind(&info.operation)
+            .bind(info.sources.join(","))
+            .bind(info.egress.as_deref())
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.db(e))?;
+        let sent = Instant::now();
+        let beat = beat(&self.pool, worker, Some(&budget), 0.0)
+            .await
+            .map_err(|e| self.db(e))?;
+        if beat.renewed {
+            *self.send_until.lock().unwrap_or_else(|p| p.into_inner()) = sent + SEND_FOR;
+        }
+        *self.budget.lock().unwrap_or_else(|p| p.into_inner()) = Some(budget);
+        Ok(())
+    }
+
     /// Until when this worker may send calls (`None`: not opened for a run).
     pub(super) fn send_deadline(&self) -> Option<Instant> {
         self.worker
@@ -1163,40 +1203,132 @@ impl Drop for PostgresStore {
     }
 }
 
-/// Renews the worker's lease every second. A renewal that fails is logged; the lease then runs
-/// out on the database's clock, and the worker claims nothing more (the claim checks it).
+/// What one heartbeat learnt.
+struct Beat {
+    /// The lease was renewed (a worker whose lease ran out is not: it must stop).
+    renewed: bool,
+    /// Some share is below this worker's fair target (another worker still holds it).
+    short: bool,
+}
+
+/// Renews the lease and, with a budget, states its pools and takes the shares granted: one
+/// round trip (`fleet_heartbeat`, migrations/postgres/0002_fleet_budget.sql).
+async fn beat(
+    pool: &PgPool,
+    worker: &str,
+    budget: Option<&Budget>,
+    calls_per_second: f64,
+) -> Result<Beat, sqlx::Error> {
+    let Some(budget) = budget else {
+        let done = sqlx::query(
+            "UPDATE workers SET lease_until = now() + make_interval(secs => $2), heartbeat_at = now() \
+             WHERE id = $1 AND state = 'live' AND lease_until > now()",
+        )
+        .bind(worker)
+        .bind(LEASE_SECONDS as f64)
+        .execute(pool)
+        .await?;
+        return Ok(Beat {
+            renewed: done.rows_affected() == 1,
+            short: false,
+        });
+    };
+    let pools = budget.pools();
+    let names: Vec<&str> = pools.iter().map(|p| p.name.as_str()).collect();
+    let caps: Vec<i32> = pools.iter().map(|p| clamp_i32(p.cap)).collect();
+    let wants: Vec<i32> = pools.iter().map(|p| clamp_i32(p.want)).collect();
+    let row = sqlx::query(
+        "SELECT renewed, granted, short FROM fleet_heartbeat($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(worker)
+    .bind(LEASE_SECONDS as f64)
+    .bind(SHARE_HOLD.as_secs_f64())
+    .bind(calls_per_second)
+    .bind(&names)
+    .bind(&caps)
+    .bind(&wants)
+    .fetch_one(pool)
+    .await?;
+    let renewed: bool = row.try_get(0)?;
+    let granted: Vec<i32> = row.try_get(1)?;
+    if renewed {
+        let granted: Vec<u32> = granted.iter().map(|&g| g.max(0) as u32).collect();
+        budget.grant(&granted);
+    } else {
+        budget.suspend();
+    }
+    Ok(Beat {
+        renewed,
+        short: row.try_get(2)?,
+    })
+}
+
+fn clamp_i32(v: u32) -> i32 {
+    i32::try_from(v).unwrap_or(i32::MAX)
+}
+
+/// Renews the worker's lease every second (every [`SHORT_BEAT`] while a share is short of its
+/// target, so a joining worker gets its share soon after the others gave it up). A renewal that
+/// fails is logged; the lease then runs out on the database's clock, and the worker claims
+/// nothing more (the claim checks it). While a heartbeat is late (past [`PAUSE_AFTER`]) or
+/// after one failed, the worker holds no share: the database may have lowered it already.
 fn spawn_heartbeat(
     pool: PgPool,
     worker: String,
     shown: String,
     send_until: Arc<Mutex<Instant>>,
+    budget: Arc<Mutex<Option<Arc<Budget>>>>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(HEARTBEAT);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
+        let mut last = (Instant::now(), 0u64);
+        let mut next = tokio::time::Instant::now() + HEARTBEAT;
         loop {
-            tick.tick().await;
+            tokio::time::sleep_until(next).await;
+            let budget = budget.lock().unwrap_or_else(|p| p.into_inner()).clone();
             let sent = Instant::now();
-            let renewed = sqlx::query(
-                "UPDATE workers SET lease_until = now() + make_interval(secs => $2) WHERE id = $1 AND state = 'live' AND lease_until > now()",
-            )
-            .bind(&worker)
-            .bind(LEASE_SECONDS as f64)
-            .execute(&pool)
-            .await;
+            let calls = budget.as_ref().map_or(0, |b| b.calls());
+            let elapsed = sent.duration_since(last.0).as_secs_f64();
+            let rate = if elapsed > 0.0 {
+                calls.saturating_sub(last.1) as f64 / elapsed
+            } else {
+                0.0
+            };
+            last = (sent, calls);
+            let renewal = beat(&pool, &worker, budget.as_deref(), rate);
+            let renewed = match &budget {
+                None => renewal.await,
+                Some(shares) => {
+                    tokio::pin!(renewal);
+                    tokio::select! {
+                        done = &mut renewal => done,
+                        _ = tokio::time::sleep(PAUSE_AFTER) => {
+                            shares.suspend();
+                            renewal.await
+                        }
+                    }
+                }
+            };
+            let mut short = false;
             match renewed {
-                Ok(done) if done.rows_affected() == 1 => {
+                Ok(beat) if beat.renewed => {
                     *send_until.lock().unwrap_or_else(|p| p.into_inner()) = sent + SEND_FOR;
+                    short = beat.short;
                 }
                 Ok(_) => tracing::warn!(
                     "ledger {shown}: this worker's lease ran out before it was renewed"
                 ),
-                Err(e) => tracing::warn!(
-                    "ledger {shown}: renewing this worker's lease failed: {}",
-                    describe(&e)
-                ),
+                Err(e) => {
+                    if let Some(shares) = &budget {
+                        shares.suspend();
+                    }
+                    tracing::warn!(
+                        "ledger {shown}: renewing this worker's lease failed: {}",
+                        describe(&e)
+                    )
+                }
             }
+            next =
+                tokio::time::Instant::from_std(sent) + if short { SHORT_BEAT } else { HEARTBEAT };
         }
     })
 }

@@ -35,7 +35,8 @@ pub use pacer::{PaceConfig, Pacer};
 pub use worker::Worker;
 
 use crate::api::{ApiError, OnsMqttClient};
-use crate::ledger::{ItemState, Ledger, LedgerError, OutcomeRecord, WorkItem};
+use crate::budget::{Budget, ip_pool};
+use crate::ledger::{ItemState, Ledger, LedgerError, OutcomeRecord, WorkItem, WorkerInfo};
 use crate::progress::Counters;
 
 /// Validated settings of one run.
@@ -52,6 +53,10 @@ pub struct RunPlan {
     pub outage_patience: Duration,
     /// How long calls in flight may take to finish once the run stops.
     pub drain_timeout: Duration,
+    /// The addresses the clients send from, in the clients' order (`None`: the host's default).
+    pub sources: Vec<Option<std::net::IpAddr>>,
+    /// The shared public address the calls leave from (`--egress-ip`).
+    pub egress: Option<std::net::IpAddr>,
 }
 
 /// Why a run stopped before its work was done.
@@ -117,6 +122,29 @@ pub async fn run(
         counters.clone(),
         stop.clone(),
     ));
+
+    // On a shared ledger the limits are the fleet's: this worker paces to its shares of them.
+    let pools: Vec<String> = (0..worker.sources())
+        .map(|i| ip_pool(plan.egress, plan.sources.get(i).copied().flatten()))
+        .collect();
+    let budget = Arc::new(Budget::new(
+        &operation.actions(),
+        &pools,
+        plan.pace.account_ceiling() as u32,
+        plan.pace.ip_ceiling() as u32,
+    ));
+    let info = WorkerInfo {
+        operation: op_name.to_owned(),
+        sources: plan
+            .sources
+            .iter()
+            .map(|s| s.map(|a| a.to_string()).unwrap_or_default())
+            .collect(),
+        egress: plan.egress.map(|e| e.to_string()),
+    };
+    if ledger.share_budget(budget.clone(), &info).await? {
+        worker.pacer.share(budget);
+    }
 
     let (out_tx, out_rx) = mpsc::channel::<OutcomeRecord>(4096);
     let writer = tokio::spawn(writer::run(ledger.clone(), op_name, out_rx, stop.clone()));

@@ -108,6 +108,26 @@ impl Operation {
         }
     }
 
+    /// Every API a run of this operation may call (a fleet worker asks for a share of each).
+    pub fn actions(self) -> Vec<Action> {
+        let mut actions = vec![
+            self.main_action(),
+            self.first_action(false),
+            self.first_action(true),
+        ];
+        if matches!(self, Operation::Register { .. }) {
+            // `DeviceCredentialExsit` is recovered with a Get.
+            actions.push(Action::GetDeviceCredential);
+        }
+        let mut seen = Vec::new();
+        actions.retain(|a| {
+            let new = !seen.contains(a);
+            seen.push(*a);
+            new
+        });
+        actions
+    }
+
     /// Works one claimed target to its outcome.
     pub async fn execute(
         self,

@@ -19,7 +19,7 @@
 
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use governor::clock::Clock;
@@ -31,6 +31,7 @@ use tokio::time::Instant;
 use crate::api::Action;
 
 mod control;
+use crate::budget::Budget;
 use control::{Controller, Verdict};
 
 /// governor's clock on tokio's time: `now` is the time since the clock was made, so paused and
@@ -149,12 +150,22 @@ const GLOBAL_SLACK: f64 = 1.02;
 pub struct Pacer {
     config: PaceConfig,
     clock: TokioClock,
-    per_api: Vec<Bucket>,
-    per_source: Vec<Bucket>,
+    caps: RwLock<Arc<Caps>>,
+    /// A fleet worker's shares of the limits it shares with other workers: the caps follow them.
+    budget: OnceLock<Arc<Budget>>,
     source_active: Vec<AtomicBool>,
     next_source: AtomicUsize,
     global: RwLock<Arc<Bucket>>,
     control: Mutex<Controller>,
+}
+
+/// The per-API and per-source buckets. `None`: nothing may be sent that way (a fleet worker
+/// holds no share of it yet).
+struct Caps {
+    /// The budget's version they were built from (0: the fixed limits).
+    version: u64,
+    per_api: Vec<Option<Bucket>>,
+    per_source: Vec<Option<Bucket>>,
 }
 
 impl Pacer {
@@ -196,13 +207,26 @@ impl Pacer {
         Pacer {
             config,
             clock,
-            per_api,
-            per_source,
+            caps: RwLock::new(Arc::new(Caps {
+                version: 0,
+                per_api: per_api.into_iter().map(Some).collect(),
+                per_source: per_source.into_iter().map(Some).collect(),
+            })),
+            budget: OnceLock::new(),
             source_active: (0..sources).map(|_| AtomicBool::new(true)).collect(),
             next_source: AtomicUsize::new(0),
             global: RwLock::new(Arc::new(global)),
             control: Mutex::new(Controller::new(Instant::now())),
         }
+    }
+
+    /// From now on the per-API and per-source limits are this worker's shares of `budget`
+    /// (nothing is sent while it holds no share). Once per pacer; a second budget is ignored.
+    pub fn share(&self, budget: Arc<Budget>) {
+        if self.config.textbook || self.budget.set(budget).is_err() {
+            return;
+        }
+        self.caps();
     }
 
     pub fn config(&self) -> PaceConfig {
@@ -218,7 +242,93 @@ impl Pacer {
 
     /// The rate the run currently aims at (after the controller).
     pub fn current_rate(&self) -> f64 {
-        self.config.target_rate(self.active_sources().max(1)) * self.factor()
+        self.target_rate() * self.factor()
+    }
+
+    /// The steady rate before the controller: the limits', or a fleet worker's shares of them
+    /// (the larger API share, as far as its addresses' shares carry it).
+    fn target_rate(&self) -> f64 {
+        let fixed = self.config.target_rate(self.active_sources().max(1));
+        let Some(budget) = self.budget.get() else {
+            return fixed;
+        };
+        let api = Action::ALL
+            .iter()
+            .map(|&a| budget.api_share(a))
+            .max()
+            .unwrap_or(0);
+        let sources: u32 = (0..self.source_active.len())
+            .filter(|&i| self.source_active[i].load(Ordering::Relaxed))
+            .map(|i| budget.source_share(i))
+            .sum();
+        match api.min(sources) {
+            // Nothing held: the caps send nothing; the global bucket keeps a rate it can leave
+            // at once when shares come.
+            0 => fixed,
+            held => self.share_rate(held).0,
+        }
+    }
+
+    /// The rate and burst that keep a share of `share` calls in any sliding second.
+    fn share_rate(&self, share: u32) -> (f64, u32) {
+        let burst = self.config.burst.min(share).max(1);
+        (f64::from(share - (burst - 1)).max(1.0), burst)
+    }
+
+    /// A bucket for a share, empty at first: a rebuilt bucket must not add a burst to the
+    /// second that the old one already filled.
+    fn share_bucket(&self, share: u32) -> Option<Bucket> {
+        if share == 0 {
+            return None;
+        }
+        let (rate, burst) = self.share_rate(share);
+        let bucket = limiter(rate, burst, self.clock);
+        while bucket.check().is_ok() {}
+        Some(bucket)
+    }
+
+    /// The caps as the budget now says (rebuilt when its shares moved since they were built).
+    fn caps(&self) -> Arc<Caps> {
+        let caps = self.caps.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let Some(budget) = self.budget.get() else {
+            return caps;
+        };
+        let version = budget.version();
+        if caps.version == version {
+            return caps;
+        }
+        let mut slot = self.caps.write().unwrap_or_else(|p| p.into_inner());
+        if slot.version != version {
+            *slot = Arc::new(Caps {
+                version,
+                per_api: Action::ALL
+                    .iter()
+                    .map(|&a| self.share_bucket(budget.api_share(a)))
+                    .collect(),
+                per_source: (0..self.source_active.len())
+                    .map(|i| self.share_bucket(budget.source_share(i)))
+                    .collect(),
+            });
+        }
+        let caps = slot.clone();
+        drop(slot);
+        self.rebuild_global();
+        caps
+    }
+
+    /// Whether `caps` are still the ones in force (a grant of replaced caps is void).
+    fn current(&self, caps: &Arc<Caps>) -> bool {
+        match self.budget.get() {
+            None => true,
+            Some(budget) => caps.version == budget.version(),
+        }
+    }
+
+    /// Waits until the shares move from those `caps` were built from.
+    async fn shares_change(&self, caps: &Caps) {
+        if let Some(budget) = self.budget.get() {
+            budget.changed_since(caps.version).await;
+        }
     }
 
     /// The share of the target pace the controller runs at.
@@ -247,16 +357,38 @@ impl Pacer {
                 break;
             }
         }
-        until_ready(&self.per_api[action.index()], &self.clock).await;
-        loop {
-            let n = self.per_source.len();
-            let start = self.next_source.fetch_add(1, Ordering::Relaxed);
-            let idx = (0..n)
-                .map(|k| (start + k) % n)
-                .find(|&i| self.source_active[i].load(Ordering::Relaxed))?;
-            until_ready(&self.per_source[idx], &self.clock).await;
-            if self.source_active[idx].load(Ordering::Relaxed) {
-                return Some(idx);
+        'caps: loop {
+            let caps = self.caps();
+            let Some(api) = &caps.per_api[action.index()] else {
+                self.shares_change(&caps).await;
+                continue;
+            };
+            until_ready(api, &self.clock).await;
+            loop {
+                let n = caps.per_source.len();
+                let start = self.next_source.fetch_add(1, Ordering::Relaxed);
+                let active = |i: &usize| self.source_active[*i].load(Ordering::Relaxed);
+                let found = (0..n)
+                    .map(|k| (start + k) % n)
+                    .filter(active)
+                    .find_map(|i| caps.per_source[i].as_ref().map(|b| (i, b)));
+                let Some((idx, bucket)) = found else {
+                    if !(0..n).any(|i| active(&i)) {
+                        return None;
+                    }
+                    self.shares_change(&caps).await;
+                    continue 'caps;
+                };
+                until_ready(bucket, &self.clock).await;
+                if !self.current(&caps) {
+                    continue 'caps;
+                }
+                if self.source_active[idx].load(Ordering::Relaxed) {
+                    if let Some(budget) = self.budget.get() {
+                        budget.count_call();
+                    }
+                    return Some(idx);
+                }
             }
         }
     }
