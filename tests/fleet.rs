@@ -776,6 +776,35 @@ fn workers_share_one_accounts_budget_and_a_joining_worker_gets_its_share() {
         "127.0.0.4",
         dir.path(),
     ));
+    // Within 2.5 s of its start the joiner holds its share, and the shares sum to the budget.
+    std::thread::sleep(Duration::from_millis(2500));
+    let out = succeed(command(&["status", "--json"], &url, dir.path()), "status");
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let workers = status["workers"].as_array().unwrap();
+    let live: Vec<&serde_json::Value> = workers.iter().filter(|w| w["state"] == "live").collect();
+    assert_eq!(live.len(), 3, "{workers:?}");
+    let register: Vec<i64> = live
+        .iter()
+        .map(|w| {
+            w["shares"]["api:RegisterDeviceCredential"]
+                .as_i64()
+                .unwrap_or(0)
+        })
+        .collect();
+    assert!(
+        register.iter().all(|&s| s > 0),
+        "every live worker holds a share: {register:?}"
+    );
+    assert!(register.iter().sum::<i64>() <= 196, "{register:?}");
+    for w in &live {
+        assert_eq!(w["operation"], "register");
+        assert_eq!(w["sources"].as_array().unwrap().len(), 1, "{w}");
+        assert!(w["heartbeat_age_s"].as_f64().unwrap() < 2.0, "{w}");
+    }
+    let text = succeed(command(&["status"], &url, dir.path()), "status");
+    let text = String::from_utf8(text.stdout).unwrap();
+    assert!(text.contains("workers: 3 live"), "{text}");
+    assert!(text.contains("api:RegisterDeviceCredential"), "{text}");
     for (i, child) in children.into_iter().enumerate() {
         let out = child.wait_with_output().unwrap();
         assert_eq!(
@@ -808,6 +837,15 @@ fn workers_share_one_accounts_budget_and_a_joining_worker_gets_its_share() {
         "the shared budget was not used: {took:.2} s"
     );
     assert_eq!(exported(&url, dir.path()).len(), n);
+    let out = succeed(command(&["status", "--json"], &url, dir.path()), "status");
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let states: Vec<&str> = status["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["finished"; 3], "{}", status["workers"]);
 }
 
 #[test]

@@ -51,6 +51,29 @@ pub struct RunRecord {
     pub summary: Option<String>,
 }
 
+/// A worker of a shared ledger, as the fleet's `status` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WorkerView {
+    pub id: String,
+    pub host: String,
+    pub pid: i64,
+    pub operation: String,
+    /// The addresses it sends from (`[]`: the host's default).
+    pub sources: Vec<String>,
+    pub egress: Option<String>,
+    /// `live`, `finished` (it ended and gave its lease up) or `dead` (its lease ran out).
+    pub state: String,
+    pub started_ms: i64,
+    pub heartbeat_ms: i64,
+    /// Seconds since its last heartbeat, on the database's clock.
+    pub heartbeat_age_s: f64,
+    /// Calls it sent per second, as of its last heartbeat (0 unless live).
+    pub calls_per_second: f64,
+    /// Its share of each pool it uses, calls/s (`api:<Action>`, `ip:<address>`, `host:<name>`);
+    /// empty unless live.
+    pub shares: BTreeMap<String, i64>,
+}
+
 /// A claimed target, ready to dispatch.
 #[derive(Debug, Clone)]
 pub struct WorkItem {
@@ -529,6 +552,15 @@ impl Ledger {
         match &self.store {
             Store::Sqlite(_) => Ok(false),
             Store::Postgres(s) => s.share_budget(budget, worker).await.map(|()| true),
+        }
+    }
+
+    /// The live workers of a shared ledger and those that ended or died in the last ten
+    /// minutes (none on SQLite: one run holds it).
+    pub async fn workers(&self) -> Result<Vec<WorkerView>, LedgerError> {
+        match &self.store {
+            Store::Sqlite(_) => Ok(Vec::new()),
+            Store::Postgres(s) => s.workers().await,
         }
     }
 

@@ -32,7 +32,8 @@ use super::location::PostgresUrl;
 use super::seal::{Sealer, digest, is_sealed};
 use super::{
     CREDENTIAL_OPERATIONS, CurrentRow, ErrorGroup, ExportRow, HistoryEvent, IngestCounts,
-    ItemState, LedgerError, OutcomeRecord, RunRecord, Target, WorkItem, WorkerInfo, now_ms,
+    ItemState, LedgerError, OutcomeRecord, RunRecord, Target, WorkItem, WorkerInfo, WorkerView,
+    now_ms,
 };
 use crate::budget::Budget;
 use crate::input::Row;
@@ -1122,6 +1123,59 @@ impl PostgresStore {
         }
         *self.budget.lock().unwrap_or_else(|p| p.into_inner()) = Some(budget);
         Ok(())
+    }
+
+    /// The fleet as `status` shows it: live workers, and those that ended or died in the last
+    /// ten minutes, oldest first (at most 100).
+    pub(super) async fn workers(&self) -> Result<Vec<WorkerView>, LedgerError> {
+        let rows = sqlx::query(
+            "SELECT w.id, w.host, w.pid, coalesce(w.operation, ''), w.sources, w.egress, \
+               CASE WHEN w.state = 'live' AND w.lease_until > now() THEN 'live' \
+                    WHEN w.state = 'gone' THEN 'finished' ELSE 'dead' END, \
+               (extract(epoch FROM w.started_at) * 1000)::BIGINT, \
+               (extract(epoch FROM w.heartbeat_at) * 1000)::BIGINT, \
+               extract(epoch FROM now() - w.heartbeat_at)::FLOAT8, w.calls_per_second, \
+               coalesce((SELECT json_object_agg(g.pool, g.granted)::TEXT FROM budget_grants g \
+                         WHERE g.worker = w.id), '{}') \
+             FROM workers w \
+             WHERE (w.state = 'live' AND w.lease_until > now()) \
+                OR w.heartbeat_at > now() - interval '10 minutes' \
+             ORDER BY w.started_at, w.id LIMIT 100",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.db(e))?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let state: String = r.get(6);
+                let live = state == "live";
+                let sources: String = r.get(4);
+                let shares: BTreeMap<String, i64> = if live {
+                    serde_json::from_str(&r.get::<String, _>(11)).unwrap_or_default()
+                } else {
+                    BTreeMap::new()
+                };
+                WorkerView {
+                    id: r.get(0),
+                    host: r.get(1),
+                    pid: r.get(2),
+                    operation: r.get(3),
+                    sources: sources
+                        .split(',')
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_owned)
+                        .collect(),
+                    egress: r.get(5),
+                    state,
+                    started_ms: r.get(7),
+                    heartbeat_ms: r.get(8),
+                    heartbeat_age_s: r.get(9),
+                    calls_per_second: if live { r.get(10) } else { 0.0 },
+                    shares,
+                }
+            })
+            .collect())
     }
 
     /// Until when this worker may send calls (`None`: not opened for a run).

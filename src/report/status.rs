@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::ledger::{ErrorGroup, ItemState, Ledger, LedgerError, RunRecord};
+use crate::ledger::{ErrorGroup, ItemState, Ledger, LedgerError, RunRecord, WorkerView};
 use crate::terminal::escape;
 
 /// Counts per state and errors of one operation of a ledger.
@@ -116,6 +116,8 @@ pub struct LedgerStatus {
     pub last_run: Option<RunRecord>,
     /// A run holds the ledger now (the last run is that one, not one that died).
     pub running: bool,
+    /// A shared ledger's workers: live, and ended or dead in the last ten minutes.
+    pub workers: Vec<WorkerView>,
 }
 
 impl LedgerStatus {
@@ -126,12 +128,14 @@ impl LedgerStatus {
         }
         let last_run = ledger.last_run().await?;
         let running = ledger.held_by_a_run();
+        let workers = ledger.workers().await?;
         Ok(LedgerStatus {
             ledger: ledger.path().to_owned(),
             instance_id: ledger.instance_id().to_owned(),
             operations,
             last_run,
             running,
+            workers,
         })
     }
 
@@ -168,6 +172,55 @@ impl LedgerStatus {
             }
             None => out.push_str("no run yet\n"),
         }
+        if !self.workers.is_empty() {
+            out.push_str(&render_workers(&self.workers));
+        }
         out
     }
+}
+
+/// The fleet's workers: one line each (who, from where, its shares and pace, its heartbeat).
+fn render_workers(workers: &[WorkerView]) -> String {
+    let live = workers.iter().filter(|w| w.state == "live").count();
+    let mut out = format!(
+        "workers: {live} live, {} ended or dead in the last 10 minutes\n",
+        workers.len() - live
+    );
+    for w in workers {
+        let from = match (&w.egress, w.sources.is_empty()) {
+            (Some(egress), true) => format!("default address via {egress}"),
+            (Some(egress), false) => format!("{} via {egress}", w.sources.join(",")),
+            (None, true) => "default address".to_owned(),
+            (None, false) => w.sources.join(","),
+        };
+        let short_id: String = w.id.chars().take(8).collect();
+        let mut line = format!(
+            "  {short_id} {:<8} {} pid {} {} from {from}, heartbeat {:.1} s ago",
+            w.state,
+            escape(&w.host),
+            w.pid,
+            if w.operation.is_empty() {
+                "-".to_owned()
+            } else {
+                escape(&w.operation).to_string()
+            },
+            w.heartbeat_age_s.max(0.0),
+        );
+        if w.state == "live" {
+            let shares: Vec<String> = w
+                .shares
+                .iter()
+                .map(|(pool, share)| format!("{} {share}", escape(pool)))
+                .collect();
+            line.push_str(&format!(", {:.0} calls/s", w.calls_per_second));
+            if !shares.is_empty() {
+                line.push_str(&format!(", shares/s: {}", shares.join(", ")));
+            }
+        } else if w.state == "dead" {
+            line.push_str(" (its lease ran out: what it held is taken over)");
+        }
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
 }
