@@ -877,11 +877,15 @@ fn workers_behind_one_egress_address_share_its_300_calls_per_second() {
     let stats = sim.stats();
     let a = max_window(&stats, "per_ip_arrivals", "127.0.0.2");
     let b = max_window(&stats, "per_ip_arrivals", "127.0.0.3");
-    eprintln!("2 workers behind one egress address: {n} devices in {took:.2} s; windows {a} + {b}");
+    // Nothing else calls the simulator: its largest window over all addresses is what the one
+    // public address would have seen.
+    let joint = stats["max_window"]["overall_arrivals"].as_u64().unwrap();
+    eprintln!(
+        "2 workers behind one egress address: {n} devices in {took:.2} s; largest window {joint} (alone {a} and {b})"
+    );
     assert!(
-        a + b <= 300,
-        "one public address would have seen {} in a second",
-        a + b
+        joint <= 300,
+        "one public address would have seen {joint} in a second"
     );
     assert!(a > 0 && b > 0, "both workers sent: {a}, {b}");
     assert!(duplicates(&sim).is_empty(), "{}", stats["credentials"]);
