@@ -42,6 +42,9 @@ pub struct Budget {
     /// Per source address: its pool, and how many of this worker's sources share that pool.
     source_pool: Vec<(usize, u32)>,
     granted: Mutex<Vec<u32>>,
+    /// The shares hold until then (the lease's send deadline, on this process's clock): a
+    /// process that was frozen past it sends nothing until a heartbeat renews them.
+    until: Mutex<Option<std::time::Instant>>,
     /// Bumped on every change of the shares; the pacer rebuilds its buckets when it moves.
     version: AtomicU64,
     changed: Notify,
@@ -91,6 +94,7 @@ impl Budget {
         }
         Budget {
             granted: Mutex::new(vec![0; pools.len()]),
+            until: Mutex::new(None),
             pools,
             api_pool,
             source_pool,
@@ -108,8 +112,9 @@ impl Budget {
         self.granted.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The shares the database granted, in the order of [`Budget::pools`].
-    pub fn grant(&self, granted: &[u32]) {
+    /// The shares the database granted, in the order of [`Budget::pools`], valid until `until`.
+    pub fn grant(&self, granted: &[u32], until: std::time::Instant) {
+        *self.until.lock().unwrap_or_else(|p| p.into_inner()) = Some(until);
         let mut shares = self.shares();
         if shares.as_slice() == granted || granted.len() != shares.len() {
             return;
@@ -128,6 +133,16 @@ impl Budget {
         shares.iter_mut().for_each(|s| *s = 0);
         drop(shares);
         self.bump();
+    }
+
+    /// Whether the shares have run out unrenewed (then they are suspended).
+    pub fn lapsed(&self) -> bool {
+        let until = *self.until.lock().unwrap_or_else(|p| p.into_inner());
+        let lapsed = until.is_some_and(|u| std::time::Instant::now() >= u);
+        if lapsed {
+            self.suspend();
+        }
+        lapsed
     }
 
     fn bump(&self) {
@@ -189,6 +204,27 @@ impl Budget {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::{Duration, Instant};
+
+    fn far() -> Instant {
+        Instant::now() + Duration::from_secs(3600)
+    }
+
+    #[test]
+    fn shares_lapse_at_their_deadline() {
+        let b = Budget::new(
+            &[Action::GetDeviceCredential],
+            &["ip:127.0.0.2".to_owned()],
+            490,
+            294,
+        );
+        b.grant(&[294, 490], far());
+        assert!(!b.lapsed());
+        assert_eq!(b.api_share(Action::GetDeviceCredential), 490);
+        b.grant(&[294, 490], Instant::now());
+        assert!(b.lapsed());
+        assert_eq!(b.api_share(Action::GetDeviceCredential), 0);
+    }
 
     #[test]
     fn sources_behind_one_egress_share_one_pool_and_apis_want_what_the_addresses_carry() {
@@ -214,7 +250,7 @@ mod tests {
         );
         assert_eq!(b.pools()[1].want, 294, "one egress address carries 294/s");
         assert_eq!(b.api_share(Action::RegisterDeviceCredential), 0);
-        b.grant(&[200, 150, 20]);
+        b.grant(&[200, 150, 20], far());
         assert_eq!(b.source_share(0), 100);
         assert_eq!(b.source_share(1), 100);
         assert_eq!(b.api_share(Action::RegisterDeviceCredential), 150);
@@ -231,7 +267,7 @@ mod tests {
         let b = Budget::new(&[Action::GetDeviceCredential], &sources, 490, 294);
         assert_eq!(b.pools().len(), 3);
         assert_eq!(b.pools()[2].want, 490);
-        b.grant(&[294, 100, 400]);
+        b.grant(&[294, 100, 400], far());
         assert_eq!(b.source_share(0), 294);
         assert_eq!(b.source_share(1), 100);
     }

@@ -891,3 +891,86 @@ fn workers_behind_one_egress_address_share_its_300_calls_per_second() {
     assert!(duplicates(&sim).is_empty(), "{}", stats["credentials"]);
     assert_eq!(exported(&url, dir.path()).len(), n);
 }
+
+#[test]
+#[ignore = "long form: three workers sharing one account, one of them killed -9 three times, faults on"]
+fn one_of_three_workers_killed_again_and_again_with_faults_keys_nothing_twice() {
+    let Some(pg) = Postgres::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let n = 4000;
+    let csv = devices(dir.path(), "torture", n);
+    // The documented limits at the simulator, and faults: internal errors, and answers dropped
+    // after the call took effect (the worker cannot know whether its Register was applied).
+    let sim = SimProcess::start(
+        BIN,
+        0,
+        INSTANCE,
+        &format!("{AK}:{SECRET}"),
+        &[
+            "--dup-mode",
+            "reissue",
+            "--latency",
+            "uniform:1:20",
+            "--fault-internal-error",
+            "0.02",
+            "--fault-drop-after",
+            "0.02",
+        ],
+    );
+    let url = pg.database();
+    let mut survivors = vec![
+        shared_worker(&csv, &url, &sim, "500", "127.0.0.2", dir.path()),
+        shared_worker(&csv, &url, &sim, "500", "127.0.0.3", dir.path()),
+    ];
+    let mut killed_mid_run = 0;
+    for wait_ms in [1500u64, 2500, 1800] {
+        let mut victim = shared_worker(&csv, &url, &sim, "500", "127.0.0.4", dir.path());
+        std::thread::sleep(Duration::from_millis(wait_ms));
+        if victim.try_wait().unwrap().is_none() {
+            killed_mid_run += 1;
+        }
+        let _ = victim.kill(); // SIGKILL: its claims and its share are left behind
+        let _ = victim.wait();
+    }
+    assert!(killed_mid_run > 0, "at least one worker was killed mid-run");
+    for (i, child) in survivors.drain(..).enumerate() {
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "survivor {i}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // The survivors took the dead workers' targets over; a rerun finds whatever a fault left
+    // failed, and nothing else.
+    succeed(
+        bulk("register", &csv, &url, &sim, "490", dir.path()),
+        "final run",
+    );
+    let stats = sim.stats();
+    let window = max_window(&stats, "per_api_arrivals", "RegisterDeviceCredential");
+    eprintln!(
+        "{killed_mid_run} workers killed mid-run; Register calls issued {}, duplicates {}, largest Register window {window}, throttled {}, faults {}",
+        stats["credentials"]["issued_total"],
+        stats["credentials"]["duplicates"],
+        stats["throttled"],
+        stats["faults"]
+    );
+    assert!(duplicates(&sim).is_empty(), "{}", stats["credentials"]);
+    assert!(window <= 500, "the account's limit was exceeded: {window}");
+    assert!(
+        stats["blocked_ips"].as_array().unwrap().is_empty(),
+        "{}",
+        stats["blocked_ips"]
+    );
+    let ours = exported(&url, dir.path());
+    assert_eq!(ours.len(), n);
+    assert_eq!(ours, credentials(&sim.get("/__sim/credentials")));
+    let counts = status_counts(&url, dir.path());
+    assert_eq!(
+        counts["register"].as_object().unwrap().len(),
+        1,
+        "{counts:?}"
+    );
+}

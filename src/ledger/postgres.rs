@@ -1115,7 +1115,7 @@ impl PostgresStore {
             .await
             .map_err(|e| self.db(e))?;
         let sent = Instant::now();
-        let beat = beat(&self.pool, worker, Some(&budget), 0.0)
+        let beat = beat(&self.pool, worker, Some(&budget), 0.0, sent)
             .await
             .map_err(|e| self.db(e))?;
         if beat.renewed {
@@ -1272,6 +1272,7 @@ async fn beat(
     worker: &str,
     budget: Option<&Budget>,
     calls_per_second: f64,
+    sent: Instant,
 ) -> Result<Beat, sqlx::Error> {
     let Some(budget) = budget else {
         let done = sqlx::query(
@@ -1307,7 +1308,7 @@ async fn beat(
     let granted: Vec<i32> = row.try_get(1)?;
     if renewed {
         let granted: Vec<u32> = granted.iter().map(|&g| g.max(0) as u32).collect();
-        budget.grant(&granted);
+        budget.grant(&granted, sent + SEND_FOR);
     } else {
         budget.suspend();
     }
@@ -1348,7 +1349,7 @@ fn spawn_heartbeat(
                 0.0
             };
             last = (sent, calls);
-            let renewal = beat(&pool, &worker, budget.as_deref(), rate);
+            let renewal = beat(&pool, &worker, budget.as_deref(), rate, sent);
             let renewed = match &budget {
                 None => renewal.await,
                 Some(shares) => {

@@ -383,6 +383,11 @@ impl Pacer {
                 if !self.current(&caps) {
                     continue 'caps;
                 }
+                // Checked at the last moment, for every call (retries too): a process frozen
+                // past its lease's deadline wakes holding shares that are no longer its own.
+                if self.budget.get().is_some_and(|b| b.lapsed()) {
+                    continue 'caps;
+                }
                 if self.source_active[idx].load(Ordering::Relaxed) {
                     if let Some(budget) = self.budget.get() {
                         budget.count_call();
