@@ -691,6 +691,27 @@ fn a_postgres_ledger_over_tls_with_the_rest_from_pg_variables() {
     );
 }
 
+/// Waits for every worker; each must exit 0.
+fn all_succeed(children: impl IntoIterator<Item = Child>) {
+    for (i, child) in children.into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "worker {i}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// A simulator that reissues on a second Register, at the documented limits unless `extra`
+/// says otherwise.
+fn documented_sim(extra: &[&str]) -> SimProcess {
+    let mut args = vec!["--dup-mode", "reissue"];
+    args.extend_from_slice(extra);
+    SimProcess::start(BIN, 0, INSTANCE, &format!("{AK}:{SECRET}"), &args)
+}
+
 /// A register worker from `source` against the account's limit `account_qps`, with 300/s per
 /// address: the limits a fleet shares.
 fn shared_worker(
@@ -747,20 +768,7 @@ fn workers_share_one_accounts_budget_and_a_joining_worker_gets_its_share() {
     let csv = devices(dir.path(), "shared", n);
     // The account's limit is 200/s per API at the simulator, as the workers are told: each
     // alone would pace to 196/s; together they must not exceed it either.
-    let sim = SimProcess::start(
-        BIN,
-        0,
-        INSTANCE,
-        &format!("{AK}:{SECRET}"),
-        &[
-            "--dup-mode",
-            "reissue",
-            "--account-qps",
-            "200",
-            "--latency",
-            "uniform:1:5",
-        ],
-    );
+    let sim = documented_sim(&["--account-qps", "200", "--latency", "uniform:1:5"]);
     let url = pg.database();
     let started = Instant::now();
     let mut children = vec![
@@ -805,15 +813,7 @@ fn workers_share_one_accounts_budget_and_a_joining_worker_gets_its_share() {
     let text = String::from_utf8(text.stdout).unwrap();
     assert!(text.contains("workers: 3 live"), "{text}");
     assert!(text.contains("api:RegisterDeviceCredential"), "{text}");
-    for (i, child) in children.into_iter().enumerate() {
-        let out = child.wait_with_output().unwrap();
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "worker {i}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    all_succeed(children);
     let took = started.elapsed().as_secs_f64();
     let stats = sim.stats();
     let window = max_window(&stats, "per_api_arrivals", "RegisterDeviceCredential");
@@ -864,15 +864,7 @@ fn workers_behind_one_egress_address_share_its_300_calls_per_second() {
         shared_worker_with(&csv, &url, &sim, "2000", "127.0.0.2", &nat, dir.path()),
         shared_worker_with(&csv, &url, &sim, "2000", "127.0.0.3", &nat, dir.path()),
     ];
-    for (i, child) in children.into_iter().enumerate() {
-        let out = child.wait_with_output().unwrap();
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "worker {i}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    all_succeed(children);
     let took = started.elapsed().as_secs_f64();
     let stats = sim.stats();
     let a = max_window(&stats, "per_ip_arrivals", "127.0.0.2");
@@ -901,24 +893,16 @@ fn one_of_three_workers_killed_again_and_again_with_faults_keys_nothing_twice() 
     let csv = devices(dir.path(), "torture", n);
     // The documented limits at the simulator, and faults: internal errors, and answers dropped
     // after the call took effect (the worker cannot know whether its Register was applied).
-    let sim = SimProcess::start(
-        BIN,
-        0,
-        INSTANCE,
-        &format!("{AK}:{SECRET}"),
-        &[
-            "--dup-mode",
-            "reissue",
-            "--latency",
-            "uniform:1:20",
-            "--fault-internal-error",
-            "0.02",
-            "--fault-drop-after",
-            "0.02",
-        ],
-    );
+    let sim = documented_sim(&[
+        "--latency",
+        "uniform:1:20",
+        "--fault-internal-error",
+        "0.02",
+        "--fault-drop-after",
+        "0.02",
+    ]);
     let url = pg.database();
-    let mut survivors = vec![
+    let survivors = vec![
         shared_worker(&csv, &url, &sim, "500", "127.0.0.2", dir.path()),
         shared_worker(&csv, &url, &sim, "500", "127.0.0.3", dir.path()),
     ];
@@ -933,15 +917,7 @@ fn one_of_three_workers_killed_again_and_again_with_faults_keys_nothing_twice() 
         let _ = victim.wait();
     }
     assert!(killed_mid_run > 0, "at least one worker was killed mid-run");
-    for (i, child) in survivors.drain(..).enumerate() {
-        let out = child.wait_with_output().unwrap();
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "survivor {i}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    all_succeed(survivors);
     // The survivors took the dead workers' targets over; a rerun finds whatever a fault left
     // failed, and nothing else.
     succeed(
