@@ -210,7 +210,7 @@ fn paced(
     }
     let m = measure(worker(
         &csv,
-        &dir.path().join("l.sqlite"),
+        dir.path().join("l.sqlite"),
         &sim.endpoint(),
         &extra,
     ));
@@ -303,7 +303,7 @@ fn noise() {
         ]);
         let m = measure(worker(
             &csv,
-            &dir.path().join("l.sqlite"),
+            dir.path().join("l.sqlite"),
             &sim.endpoint(),
             &[],
         ));
@@ -350,7 +350,7 @@ fn overload() {
         ]);
         let m = measure(worker(
             &csv,
-            &dir.path().join("l.sqlite"),
+            dir.path().join("l.sqlite"),
             &sim.endpoint(),
             &[],
         ));
@@ -384,7 +384,7 @@ fn overload() {
         ]);
         let m = measure(worker(
             &csv,
-            &dir.path().join("l.sqlite"),
+            dir.path().join("l.sqlite"),
             &sim.endpoint(),
             &[],
         ));
@@ -474,7 +474,7 @@ fn shared_account_with(n: usize) {
     std::thread::sleep(Duration::from_secs(2));
     let m = measure(worker(
         &csv,
-        &dir.path().join("l.sqlite"),
+        dir.path().join("l.sqlite"),
         &endpoint,
         &[
             "--source-address",
@@ -512,7 +512,7 @@ fn ceiling() {
     let sim_cpu_before = sim.cpu_seconds();
     let m = measure(worker(
         &csv,
-        &dir.path().join("l.sqlite"),
+        dir.path().join("l.sqlite"),
         &sim.endpoint(),
         &UNLIMITED,
     ));
@@ -549,7 +549,7 @@ fn sealed() {
             }
             let m = measure(worker(
                 &csv,
-                &dir.path().join("l.sqlite"),
+                dir.path().join("l.sqlite"),
                 &sim.endpoint(),
                 &extra,
             ));

@@ -298,6 +298,11 @@ fn churn(pg: &Postgres) {
         );
     }
     let secs = |v: Option<f64>| v.map_or("never".to_owned(), |v| format!("{v:.1} s"));
+    let lowest = if lowest_after_kill == f64::MAX {
+        "none measured".to_owned()
+    } else {
+        format!("{lowest_after_kill:.1}")
+    };
     println!(
         "| fleet: join | a 4th worker ({joiner_ip}) started 10 s after the first call | its first call at the simulator {} after its start; its share granted (≥ {:.0}/s) {}; a sliding second of ≥ {:.0} of its calls {} after its start (goal ≤ 2 s) | | | | load {load_before} |",
         secs(first_send),
@@ -307,7 +312,7 @@ fn churn(pg: &Postgres) {
         secs(share_at),
     );
     println!(
-        "| fleet: leave | the worker on 127.0.0.2 killed -9 10 s later (exit {victim:?}) | aggregate {before_kill:.1} calls/s over the 3 s before; lowest 1-s rate after {lowest_after_kill:.1}; back to ≥ 0.95 of it {} after the kill (goal ≤ 5 s, the lease) | | | | |",
+        "| fleet: leave | the worker on 127.0.0.2 killed -9 10 s later (exit {victim:?}) | aggregate {before_kill:.1} calls/s over the 3 s before; lowest 1-s rate after {lowest}; back to ≥ 0.95 of it {} after the kill (goal ≤ 5 s, the lease) | | | | |",
         secs(recovered_at)
     );
     println!(
