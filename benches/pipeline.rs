@@ -1,7 +1,8 @@
 //! `cargo bench --bench pipeline [SCENARIO...]`: the pipeline against the simulator, each as its
 //! own process (so the worker's CPU and memory are measured apart from the server's), printing
 //! one Markdown row per scenario. Scenarios: pace, two-ips, shared-account, ceiling, sealed, scale,
-//! naive, noise, overload.
+//! naive, noise, overload, and fleet (several workers on one PostgreSQL ledger; `fleet-share`,
+//! `fleet-churn`, `fleet-ledger`, `fleet-claim` run its parts alone).
 //! `BENCH_DEVICES=N` shrinks the device counts for a quick look. `BENCH_WORKER_BIN=PATH` runs the
 //! worker from another build of the tool (an older controller, say) against this build's
 //! simulator, so a before and an after can be measured in one run.
@@ -21,6 +22,12 @@ const INSTANCE: &str = "post-cn-bench0001";
 mod sim_process;
 use sim_process::SimProcess;
 
+#[path = "../tests/common/postgres.rs"]
+mod postgres;
+
+#[path = "pipeline/fleet.rs"]
+mod fleet;
+
 /// The benchmarks' simulator: its own process, any port, their instance and key.
 fn start_sim(extra: &[&str]) -> SimProcess {
     SimProcess::start(BIN, 0, INSTANCE, &format!("{AK}:{SECRET}"), extra)
@@ -35,39 +42,61 @@ struct Measured {
     stdout: String,
 }
 
-// The child is reaped by `wait4` (for its rusage), which clippy cannot see.
-#[allow(clippy::zombie_processes)]
-fn measure(mut cmd: Command) -> Measured {
-    let started = Instant::now();
-    let child = cmd
-        .stdout(Stdio::piped())
-        .stderr(if std::env::var_os("BENCH_STDERR").is_some() {
-            Stdio::inherit()
-        } else {
-            Stdio::null()
-        })
-        .spawn()
-        .expect("worker");
-    let pid = child.id() as libc::pid_t;
-    let mut stdout = String::new();
-    if let Some(mut out) = child.stdout {
-        std::io::Read::read_to_string(&mut out, &mut stdout).unwrap();
+fn measure(cmd: Command) -> Measured {
+    Running::spawn(cmd).finish()
+}
+
+/// A worker process started and not yet reaped.
+struct Running {
+    child: std::process::Child,
+    started: Instant,
+}
+
+impl Running {
+    fn spawn(mut cmd: Command) -> Running {
+        let started = Instant::now();
+        let child = cmd
+            .stdout(Stdio::piped())
+            .stderr(if std::env::var_os("BENCH_STDERR").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
+            .spawn()
+            .expect("worker");
+        Running { child, started }
     }
-    let mut status = 0;
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    let wall = started.elapsed().as_secs_f64();
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    Measured {
-        code: if libc::WIFEXITED(status) {
-            libc::WEXITSTATUS(status)
-        } else {
-            -1
-        },
-        wall,
-        cpu: tv(usage.ru_utime) + tv(usage.ru_stime),
-        max_rss_mib: usage.ru_maxrss as f64 / 1024.0,
-        stdout,
+
+    /// SIGKILL: nothing handed back, no lease given up.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+    }
+
+    // The child is reaped by `wait4` (for its rusage), which clippy cannot see.
+    #[allow(clippy::zombie_processes)]
+    fn finish(self) -> Measured {
+        let Running { child, started } = self;
+        let pid = child.id() as libc::pid_t;
+        let mut stdout = String::new();
+        if let Some(mut out) = child.stdout {
+            std::io::Read::read_to_string(&mut out, &mut stdout).unwrap();
+        }
+        let mut status = 0;
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        let wall = started.elapsed().as_secs_f64();
+        let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        Measured {
+            code: if libc::WIFEXITED(status) {
+                libc::WEXITSTATUS(status)
+            } else {
+                -1
+            },
+            wall,
+            cpu: tv(usage.ru_utime) + tv(usage.ru_stime),
+            max_rss_mib: usage.ru_maxrss as f64 / 1024.0,
+            stdout,
+        }
     }
 }
 
@@ -76,7 +105,13 @@ fn worker_bin() -> String {
     std::env::var("BENCH_WORKER_BIN").unwrap_or_else(|_| BIN.to_owned())
 }
 
-fn worker(csv: &Path, ledger: &Path, endpoint: &str, extra: &[&str]) -> Command {
+/// `ledger`: a SQLite file or a PostgreSQL URL.
+fn worker(
+    csv: &Path,
+    ledger: impl AsRef<std::ffi::OsStr>,
+    endpoint: &str,
+    extra: &[&str],
+) -> Command {
     let mut c = Command::new(worker_bin());
     c.arg("register")
         .arg(csv)
@@ -175,7 +210,7 @@ fn paced(
     }
     let m = measure(worker(
         &csv,
-        &dir.path().join("l.sqlite"),
+        dir.path().join("l.sqlite"),
         &sim.endpoint(),
         &extra,
     ));
@@ -268,7 +303,7 @@ fn noise() {
         ]);
         let m = measure(worker(
             &csv,
-            &dir.path().join("l.sqlite"),
+            dir.path().join("l.sqlite"),
             &sim.endpoint(),
             &[],
         ));
@@ -315,7 +350,7 @@ fn overload() {
         ]);
         let m = measure(worker(
             &csv,
-            &dir.path().join("l.sqlite"),
+            dir.path().join("l.sqlite"),
             &sim.endpoint(),
             &[],
         ));
@@ -349,7 +384,7 @@ fn overload() {
         ]);
         let m = measure(worker(
             &csv,
-            &dir.path().join("l.sqlite"),
+            dir.path().join("l.sqlite"),
             &sim.endpoint(),
             &[],
         ));
@@ -439,7 +474,7 @@ fn shared_account_with(n: usize) {
     std::thread::sleep(Duration::from_secs(2));
     let m = measure(worker(
         &csv,
-        &dir.path().join("l.sqlite"),
+        dir.path().join("l.sqlite"),
         &endpoint,
         &[
             "--source-address",
@@ -477,7 +512,7 @@ fn ceiling() {
     let sim_cpu_before = sim.cpu_seconds();
     let m = measure(worker(
         &csv,
-        &dir.path().join("l.sqlite"),
+        dir.path().join("l.sqlite"),
         &sim.endpoint(),
         &UNLIMITED,
     ));
@@ -514,7 +549,7 @@ fn sealed() {
             }
             let m = measure(worker(
                 &csv,
-                &dir.path().join("l.sqlite"),
+                dir.path().join("l.sqlite"),
                 &sim.endpoint(),
                 &extra,
             ));
@@ -632,6 +667,7 @@ fn main() {
         "naive",
         "noise",
         "overload",
+        "fleet",
     ];
     let chosen: Vec<String> = std::env::args()
         .skip(1)
@@ -687,6 +723,9 @@ fn main() {
             "naive" => paced("naive", count(30_000), &[], (300.0, 300.0), 0.995, true),
             "noise" => noise(),
             "overload" => overload(),
+            "fleet" | "fleet-share" | "fleet-churn" | "fleet-ledger" | "fleet-claim" => {
+                fleet::run(s)
+            }
             other => eprintln!("unknown scenario {other}; choose from {all:?}"),
         }
     }
