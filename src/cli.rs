@@ -357,6 +357,11 @@ pub struct PaceArgs {
     /// unfinished still pending): seconds, or with a unit (`90s`, `15m`, `1h`).
     #[arg(long, default_value = "15m", value_name = "DURATION", value_parser = parse_patience, env = "MQTT_PROVISION_OUTAGE_PATIENCE")]
     pub outage_patience: Duration,
+    /// How long the ledger's database (PostgreSQL) may stay unreachable before the run halts
+    /// (exit 3): dispatch stops at once, and the outcomes of the calls in flight wait in memory
+    /// for the database to answer again.
+    #[arg(long, default_value = "60s", value_name = "DURATION", value_parser = parse_patience, env = "MQTT_PROVISION_LEDGER_PATIENCE")]
+    pub ledger_patience: Duration,
     /// Benchmarks only: pace with the textbook `Quota::per_second(limit)` instead.
     #[arg(long, hide = true)]
     pub textbook_pacer: bool,

@@ -54,7 +54,7 @@ impl ExitCode {
             }
             ExitCode::Usage => "usage, configuration or input error: nothing was sent",
             ExitCode::Halted => {
-                "halted: credential quota full, credentials/permission/instance refused, every source address blocked, the service unreachable past `--outage-patience`, or the ledger could not be written; rerun the same command after fixing it"
+                "halted: credential quota full, credentials/permission/instance refused, every source address blocked, the service unreachable past `--outage-patience`, the ledger's database unreachable past `--ledger-patience`, or the ledger could not be written; rerun the same command after fixing it"
             }
             ExitCode::Interrupted => {
                 "interrupted (Ctrl-C, SIGTERM): rerun the same command to resume"

@@ -130,6 +130,7 @@ pub struct BulkPlan {
     pub concurrency: usize,
     pub max_attempts: u32,
     pub outage_patience: Duration,
+    pub ledger_patience: Duration,
     pub progress: ProgressMode,
     /// `--json`: NDJSON events on stdout, every `progress_interval`.
     pub json: bool,
@@ -206,6 +207,7 @@ impl BulkPlan {
             concurrency: args.pace.concurrency,
             max_attempts: args.pace.max_attempts,
             outage_patience: args.pace.outage_patience,
+            ledger_patience: args.pace.ledger_patience,
             progress: progress(&args.output, stderr_is_terminal),
             json: args.output.json,
             progress_interval: args.output.progress_interval,
@@ -230,6 +232,7 @@ impl BulkPlan {
             concurrency: self.concurrency,
             max_attempts: self.max_attempts,
             outage_patience: self.outage_patience,
+            ledger_patience: self.ledger_patience,
             drain_timeout: self.access.drain_timeout(),
             sources: self.access.source_addresses.clone(),
             egress: self.access.egress,

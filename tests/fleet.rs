@@ -145,6 +145,16 @@ fn duplicates(sim: &SimProcess) -> Vec<serde_json::Value> {
         .clone()
 }
 
+/// A rerun (fast) finishes: every one of the `n` devices is in the export with what the
+/// service's registry holds, and none was keyed twice.
+fn rerun_keys_every_device_once(csv: &Path, url: &str, sim: &SimProcess, dir: &Path, n: usize) {
+    succeed(bulk("register", csv, url, sim, "3000", dir), "rerun");
+    assert!(duplicates(sim).is_empty(), "{}", sim.stats()["credentials"]);
+    let ours = exported(url, dir);
+    assert_eq!(ours.len(), n);
+    assert_eq!(ours, credentials(&sim.get("/__sim/credentials")));
+}
+
 type Credentials = HashMap<String, (String, String)>;
 
 /// What one backend ended with: status counts, the export, the simulator's registry, and how
@@ -448,18 +458,122 @@ fn a_worker_that_cannot_renew_its_lease_stops_sending_before_it_runs_out() {
     assert_eq!(out.status.code(), Some(3), "{err}");
     assert!(err.contains("lease"), "{err}");
     // Its lease has run out: a rerun takes everything over at once.
-    succeed(
-        bulk("register", &csv, &url, &sim, "3000", dir.path()),
-        "rerun",
+    rerun_keys_every_device_once(&csv, &url, &sim, dir.path(), n);
+}
+
+/// A worker registering 3,000 devices at 300/s (calls take 50–150 ms, so some 30 are in flight
+/// at any moment); 1.5 s in, the database server stops (`-m immediate`: every session cut).
+/// Returns the running worker, the moment of the stop and the sim.
+fn database_stops_mid_run(
+    pg: &Postgres,
+    url: &str,
+    csv: &Path,
+    dir: &Path,
+    patience: &str,
+) -> (Child, Instant, SimProcess) {
+    let sim = start_sim(&["--latency", "uniform:50:150"]);
+    let mut c = bulk("register", csv, url, &sim, "300", dir);
+    c.args(["--ledger-patience", patience])
+        .stdout(Stdio::piped());
+    let worker = c.spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    pg.stop();
+    (worker, Instant::now(), sim)
+}
+
+#[test]
+fn a_database_gone_mid_run_and_back_within_the_patience_loses_no_outcome() {
+    let Some(pg) = Postgres::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let n = 3000;
+    let csv = devices(dir.path(), "dev", n);
+    let url = pg.database();
+    let (worker, stopped, sim) = database_stops_mid_run(&pg, &url, &csv, dir.path(), "60s");
+    // Longer than a connection attempt's wait (3 s): the writer tries again while it is down.
+    std::thread::sleep(Duration::from_secs(6));
+    let calls_while_down = sim.stats()["total_calls"].as_u64().unwrap();
+    pg.start_again();
+    let out = worker.wait_with_output().unwrap();
+    let err = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
     );
+    eprintln!(
+        "the worker ended {:.1} s after the database stopped",
+        stopped.elapsed().as_secs_f64()
+    );
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("written once it answered again"), "{err}");
+    assert!(err.contains("resume"), "{err}");
+    // Nothing was sent once the database was gone (dispatch stopped within a flush).
+    assert_eq!(
+        sim.stats()["total_calls"].as_u64().unwrap(),
+        calls_while_down,
+        "no call after the database came back"
+    );
+    // Every credential the service issued is in the ledger already: the outcomes of the calls
+    // in flight waited in memory and were written when the database answered again.
+    let registry = credentials(&sim.get("/__sim/credentials"));
     assert!(
-        duplicates(&sim).is_empty(),
+        registry.len() > 100 && registry.len() < n,
         "{}",
-        sim.stats()["credentials"]
+        registry.len()
     );
-    let ours = exported(&url, dir.path());
-    assert_eq!(ours.len(), n);
-    assert_eq!(ours, credentials(&sim.get("/__sim/credentials")));
+    assert_eq!(exported(&url, dir.path()), registry);
+    let counts = status_counts(&url, dir.path());
+    assert_eq!(
+        counts["register"]["registered"],
+        registry.len() as u64,
+        "{counts:?}"
+    );
+    rerun_keys_every_device_once(&csv, &url, &sim, dir.path(), n);
+}
+
+#[test]
+fn a_database_gone_past_the_patience_halts_and_a_rerun_reconciles_what_was_lost() {
+    let Some(pg) = Postgres::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let n = 3000;
+    let csv = devices(dir.path(), "dev", n);
+    let url = pg.database();
+    let (worker, stopped, sim) = database_stops_mid_run(&pg, &url, &csv, dir.path(), "3s");
+    let out = worker.wait_with_output().unwrap();
+    let took = stopped.elapsed().as_secs_f64();
+    let err = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("the worker ended {took:.1} s after the database stopped (patience 3 s)");
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("--ledger-patience 3 s"), "{err}");
+    assert!(err.contains("reconciled on resume"), "{err}");
+    // Halted soon after the patience: it does not wait for the database any longer.
+    assert!(
+        took > 3.0 && took < 12.0,
+        "ended {took:.1} s after the stop"
+    );
+    // Some outcomes were lost with the process: the calls in flight when the database went.
+    let lost: usize = err
+        .split("written meanwhile, ")
+        .nth(1)
+        .and_then(|tail| tail.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count of lost outcomes in: {err}"));
+    assert!(lost > 0, "{err}");
+    pg.start_again();
+    let registry = credentials(&sim.get("/__sim/credentials"));
+    let before = exported(&url, dir.path());
+    assert!(
+        before.len() + lost >= registry.len() && before.len() < registry.len(),
+        "ledger {} + lost {lost} vs registry {}",
+        before.len(),
+        registry.len()
+    );
+    // The rerun takes the lost ones over once the dead run's lease has run out, asks the
+    // service for their credentials first, and registers none of them twice.
+    rerun_keys_every_device_once(&csv, &url, &sim, dir.path(), n);
 }
 
 #[test]

@@ -12,12 +12,15 @@ use crate::access::Access;
 use crate::events::{Event, Events, Pace};
 use crate::exit::{ExitCode, Failure};
 use crate::ingest;
-use crate::ledger::{ItemState, Ledger, LedgerLocation};
-use crate::pipeline;
+use crate::ledger::{ItemState, Ledger, LedgerError, LedgerLocation};
+use crate::pipeline::{self, Halt};
 use crate::plan::BulkPlan;
 use crate::progress::{self, Counters};
 use crate::report::{self, OperationStatus};
 use crate::run::RunContext;
+
+/// How long the counts after a run may take when the ledger's database went away under it.
+const UNREACHABLE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub async fn run(plan: BulkPlan, context: &RunContext) -> Result<ExitCode, Failure> {
     let operation = plan.operation;
@@ -212,9 +215,48 @@ pub async fn run(plan: BulkPlan, context: &RunContext) -> Result<ExitCode, Failu
         let _ = task.await;
     }
 
-    let after = OperationStatus::load(&ledger, operation.name())
-        .await
-        .map_err(Failure::from)?;
+    // A database that went away under the run gets a moment to answer, not the pool's wait.
+    let load = OperationStatus::load(&ledger, operation.name());
+    let loaded = match outcome.halt {
+        Some(Halt::LedgerUnreachable(_)) => tokio::time::timeout(UNREACHABLE_WAIT, load)
+            .await
+            .unwrap_or_else(|_| {
+                Err(LedgerError::Unreachable {
+                    path: ledger.path().to_owned(),
+                    message: format!("no answer within {UNREACHABLE_WAIT:?}"),
+                })
+            }),
+        _ => load.await,
+    };
+    let after = match loaded {
+        Ok(after) => after,
+        // The ledger went away under the run (its database unreachable): say why the run
+        // halted and how to resume; the counts and the run's end cannot be read or recorded.
+        Err(e) if outcome.halt.is_some() => {
+            let halt = outcome.halt.as_ref().expect("checked");
+            let report = report::halt_report(halt);
+            let resume = context.command_line.as_str();
+            events.say(&format!(
+                "{}: HALTED: {}
+  {} with:
+    {resume}
+",
+                operation.name(),
+                crate::terminal::escape(&report.message),
+                report.action
+            ));
+            events.emit(&Event::Halt {
+                halt: &report,
+                exit_code: ExitCode::Halted.code(),
+                resume,
+            });
+            tracing::warn!("the ledger's counts could not be read after the run: {e}");
+            access.close().await;
+            close(ledger).await;
+            return Ok(ExitCode::Halted);
+        }
+        Err(e) => return Err(Failure::from(e)),
+    };
     let code = report::exit_code(outcome.halt.as_ref(), &after);
     let summary = report::summary(&ledger, operation, &after, &outcome, &context.command_line);
     if pending == 0 && outcome.calls == 0 && outcome.halt.is_none() {

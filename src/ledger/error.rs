@@ -50,6 +50,10 @@ pub enum LedgerError {
     /// `message`: what went wrong in the operator's words, then the database's own.
     #[error("ledger {path}: {message}")]
     Database { path: String, message: String },
+    /// The database server cannot be reached, or dropped the connection (a server stopped or
+    /// restarting, a network cut): worth trying again for a while, unlike the others.
+    #[error("ledger {path}: {message}")]
+    Unreachable { path: String, message: String },
     /// A rehearsal ledger under a real run, or a real one under a rehearsal.
     #[error("{}", origin_message(path, *simulated))]
     Origin { path: String, simulated: bool },
@@ -76,10 +80,18 @@ impl LedgerError {
             | LedgerError::Unsupported { .. }
             | LedgerError::Sealing { .. }
             | LedgerError::Origin { .. } => ExitCode::Usage,
-            LedgerError::Io { .. } | LedgerError::Database { .. } | LedgerError::Migrate { .. } => {
-                ExitCode::Halted
-            }
+            LedgerError::Io { .. }
+            | LedgerError::Database { .. }
+            | LedgerError::Unreachable { .. }
+            | LedgerError::Migrate { .. } => ExitCode::Halted,
         }
+    }
+}
+
+impl LedgerError {
+    /// A failure that may pass by itself: the database server unreachable.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, LedgerError::Unreachable { .. })
     }
 }
 

@@ -19,6 +19,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -63,6 +64,13 @@ const SHORT_BEAT: Duration = Duration::from_millis(250);
 /// leader lease keeps the same margin).
 const SEND_FOR: Duration = Duration::from_secs(LEASE_SECONDS as u64 - 1);
 
+/// How long a statement may wait for a connection, a new one included: a server that refuses
+/// connections (stopped, restarting) is reported after this, and the writer's patience starts.
+const ACQUIRE_WAIT: Duration = Duration::from_secs(3);
+
+/// How long ending a worker may wait for the server.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
 /// The states that say what a device holds now: a credential, or (revoked, not_found) none.
 const DEVICE_STATES: [&str; 6] = [
     "registered",
@@ -95,6 +103,23 @@ fn describe(error: &sqlx::Error) -> String {
     }
 }
 
+/// Whether `error` says the server cannot be reached or dropped the connection, which may pass:
+/// the network, a connection that broke, SQLSTATE class 08 (connection exception), a server
+/// shutting down or starting (57P01–57P03), or one out of connection slots (53300).
+fn unreachable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::BeginFailed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08") || matches!(code.as_ref(), "57P01" | "57P02" | "57P03" | "53300")
+        }),
+        _ => false,
+    }
+}
+
 /// A PostgreSQL ledger, open.
 pub(super) struct PostgresStore {
     pool: PgPool,
@@ -115,6 +140,9 @@ pub(super) struct PostgresStore {
     /// The epoch each target this worker holds was claimed with: its outcome is stored only
     /// while the target still carries it.
     epochs: Mutex<HashMap<String, i64>>,
+    /// Batches of outcomes this worker has stored, as `workers.written` counts them: a batch
+    /// whose commit was cut off is retried, and the count says whether it had landed.
+    written: AtomicI64,
 }
 
 /// A fresh worker id: 128 random bits.
@@ -148,7 +176,7 @@ impl PostgresStore {
             })?;
         let pool = PgPoolOptions::new()
             .max_connections(4)
-            .acquire_timeout(Duration::from_secs(10))
+            .acquire_timeout(ACQUIRE_WAIT)
             .connect_with(options.application_name("mqtt-provision"))
             .await
             .map_err(|e| LedgerError::Database {
@@ -165,6 +193,7 @@ impl PostgresStore {
             held: worker,
             read_only,
             epochs: Mutex::new(HashMap::new()),
+            written: AtomicI64::new(0),
         };
         if !worker {
             let has_ledger: bool =
@@ -225,9 +254,11 @@ impl PostgresStore {
     }
 
     fn db(&self, error: sqlx::Error) -> LedgerError {
-        LedgerError::Database {
-            path: self.shown.clone(),
-            message: describe(&error),
+        let (path, message) = (self.shown.clone(), describe(&error));
+        if unreachable(&error) {
+            LedgerError::Unreachable { path, message }
+        } else {
+            LedgerError::Database { path, message }
         }
     }
 
@@ -584,7 +615,48 @@ impl PostgresStore {
             self.record_registry(&mut tx, operation, &kept, &kept_digests, now)
                 .await?;
         }
-        tx.commit().await.map_err(|e| self.db(e))?;
+        // The batch's number, counted in the same transaction: when a commit is cut off (the
+        // server gone before it answered) the writer sends the same batch again, and a count
+        // already past it means the first commit landed; storing it twice would add its
+        // attempts and its history again.
+        if let Some(worker) = &self.worker {
+            let expected = self.written.load(Ordering::Relaxed);
+            let counted = sqlx::query(
+                "UPDATE workers SET written = written + 1 WHERE id = $1 AND written = $2",
+            )
+            .bind(worker)
+            .bind(expected)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.db(e))?;
+            if counted.rows_affected() == 0 {
+                drop(tx);
+                let landed: Option<i64> =
+                    sqlx::query_scalar("SELECT written FROM workers WHERE id = $1")
+                        .bind(worker)
+                        .fetch_optional(&self.pool)
+                        .await
+                        .map_err(|e| self.db(e))?;
+                if landed != Some(expected + 1) {
+                    return Err(LedgerError::Database {
+                        path: self.shown.clone(),
+                        message: format!(
+                            "this worker's count of stored batches is {landed:?} in the database, {expected} here: another process writes as this worker"
+                        ),
+                    });
+                }
+                tracing::info!(
+                    "ledger {}: a batch of {} outcome(s) whose commit was cut off had been stored",
+                    self.shown,
+                    outcomes.len()
+                );
+            } else {
+                tx.commit().await.map_err(|e| self.db(e))?;
+            }
+            self.written.store(expected + 1, Ordering::Relaxed);
+        } else {
+            tx.commit().await.map_err(|e| self.db(e))?;
+        }
         // A finished target is not claimed again by this worker: forget its epoch.
         {
             let mut map = self.epochs.lock().unwrap_or_else(|p| p.into_inner());
@@ -1245,18 +1317,22 @@ impl PostgresStore {
                 "WITH gone AS (UPDATE workers SET state = 'gone', lease_until = now() WHERE id = $1) \
                  UPDATE items SET owner = NULL WHERE owner = $1 AND state = 'pending'",
             )
-            .bind(worker)
-            .execute(&self.pool)
-            .await;
-            if let Err(e) = gone {
-                tracing::warn!(
+            .bind(worker);
+            // A server that went away is not waited for: the lease then runs out by itself.
+            match tokio::time::timeout(CLOSE_WAIT, gone.execute(&self.pool)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(
                     "ledger {}: ending the worker's lease failed: {}",
                     self.shown,
                     describe(&e)
-                );
+                ),
+                Err(_) => tracing::warn!(
+                    "ledger {}: ending the worker's lease took longer than {CLOSE_WAIT:?}; it runs out by itself",
+                    self.shown
+                ),
             }
         }
-        self.pool.close().await;
+        let _ = tokio::time::timeout(CLOSE_WAIT, self.pool.close()).await;
     }
 }
 

@@ -26,7 +26,8 @@ pub fn batch_size(target_rate: f64) -> i64 {
     (target_rate as i64 / 2).clamp(64, 1000)
 }
 
-/// The feeder's task; it ends with the targets it claimed and could not hand over.
+/// The feeder's task; it ends with the targets it claimed and could not hand over. A claim that
+/// fails stops the run's dispatch (`stop`): the ledger is in trouble.
 pub fn spawn(
     ledger: Arc<Ledger>,
     operation: Operation,
@@ -35,39 +36,53 @@ pub fn spawn(
     work: mpsc::Sender<WorkItem>,
 ) -> JoinHandle<Result<Vec<WorkItem>, LedgerError>> {
     tokio::spawn(async move {
-        let mut cursor = 0i64;
-        loop {
-            if stop.is_cancelled() {
+        let fed = feed(ledger, operation, batch, &stop, work).await;
+        if fed.is_err() {
+            stop.cancel();
+        }
+        fed
+    })
+}
+
+async fn feed(
+    ledger: Arc<Ledger>,
+    operation: Operation,
+    batch: i64,
+    stop: &CancellationToken,
+    work: mpsc::Sender<WorkItem>,
+) -> Result<Vec<WorkItem>, LedgerError> {
+    let mut cursor = 0i64;
+    loop {
+        if stop.is_cancelled() {
+            return Ok(Vec::new());
+        }
+        let claim_started = Instant::now();
+        let items = ledger
+            .claim(operation.name(), cursor, batch, operation.marks_effect())
+            .await?;
+        let took = claim_started.elapsed();
+        if took > SLOW_CLAIM {
+            tracing::warn!("claiming {} targets took {took:?}", items.len());
+        }
+        let Some(last) = items.last() else {
+            // On a shared ledger, targets other workers hold may still come back (their
+            // worker dies, its lease runs out): wait for them rather than end the run.
+            if ledger.held_by_others(operation.name()).await? == 0 {
                 return Ok(Vec::new());
             }
-            let claim_started = Instant::now();
-            let items = ledger
-                .claim(operation.name(), cursor, batch, operation.marks_effect())
-                .await?;
-            let took = claim_started.elapsed();
-            if took > SLOW_CLAIM {
-                tracing::warn!("claiming {} targets took {took:?}", items.len());
+            tokio::select! {
+                _ = stop.cancelled() => return Ok(Vec::new()),
+                _ = tokio::time::sleep(HELD_ELSEWHERE_POLL) => continue,
             }
-            let Some(last) = items.last() else {
-                // On a shared ledger, targets other workers hold may still come back (their
-                // worker dies, its lease runs out): wait for them rather than end the run.
-                if ledger.held_by_others(operation.name()).await? == 0 {
-                    return Ok(Vec::new());
-                }
-                tokio::select! {
-                    _ = stop.cancelled() => return Ok(Vec::new()),
-                    _ = tokio::time::sleep(HELD_ELSEWHERE_POLL) => continue,
-                }
-            };
-            // A target taken over from a dead worker may lie behind the cursor: never go back.
-            cursor = cursor.max(last.id);
-            let mut items = items.into_iter();
-            while let Some(item) = items.next() {
-                // The dispatcher has stopped: hand back what was claimed but never sent.
-                if let Err(refused) = work.send(item).await {
-                    return Ok(std::iter::once(refused.0).chain(items).collect());
-                }
+        };
+        // A target taken over from a dead worker may lie behind the cursor: never go back.
+        cursor = cursor.max(last.id);
+        let mut items = items.into_iter();
+        while let Some(item) = items.next() {
+            // The dispatcher has stopped: hand back what was claimed but never sent.
+            if let Err(refused) = work.send(item).await {
+                return Ok(std::iter::once(refused.0).chain(items).collect());
             }
         }
-    })
+    }
 }

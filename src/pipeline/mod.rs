@@ -51,6 +51,9 @@ pub struct RunPlan {
     pub max_attempts: u32,
     /// How long the service may stay unreachable before the run halts (`--outage-patience`).
     pub outage_patience: Duration,
+    /// How long the ledger's database may stay unreachable before the run halts
+    /// (`--ledger-patience`): the outcomes of calls in flight wait in memory meanwhile.
+    pub ledger_patience: Duration,
     /// How long calls in flight may take to finish once the run stops.
     pub drain_timeout: Duration,
     /// The addresses the clients send from, in the clients' order (`None`: the host's default).
@@ -77,6 +80,8 @@ pub enum Halt {
     Interrupted,
     /// The ledger could not be written.
     Ledger(String),
+    /// The ledger's database server could not be reached (what was kept, what was lost).
+    LedgerUnreachable(String),
 }
 
 /// How often the run looks at its lease's send deadline (it also wakes at the deadline).
@@ -147,7 +152,13 @@ pub async fn run(
     }
 
     let (out_tx, out_rx) = mpsc::channel::<OutcomeRecord>(4096);
-    let writer = tokio::spawn(writer::run(ledger.clone(), op_name, out_rx, stop.clone()));
+    let writer = tokio::spawn(writer::run(
+        ledger.clone(),
+        op_name,
+        out_rx,
+        stop.clone(),
+        plan.ledger_patience,
+    ));
 
     // Ctrl-C becomes a halt like any other.
     let on_interrupt = {
@@ -221,13 +232,14 @@ pub async fn run(
         })
     });
     let mut halt = worker.take_halt();
-    if let Err(e) = writer_result {
-        halt = Some(Halt::Ledger(e.to_string()));
-    }
     match feeder_result {
-        Ok(Err(e)) => halt = Some(Halt::Ledger(e.to_string())),
+        Ok(Err(e)) => halt = Some(ledger_halt(e)),
         Err(e) => halt = Some(Halt::Ledger(format!("the claim task failed: {e}"))),
         Ok(Ok(_)) => {}
+    }
+    // The writer's account comes last: it says what became of the outcomes in flight.
+    if let Err(e) = writer_result {
+        halt = Some(ledger_halt(e));
     }
     Ok(RunOutcome {
         halt,
@@ -325,6 +337,14 @@ async fn drain(tasks: &mut JoinSet<()>, stop: &CancellationToken, timeout: Durat
             tasks.len(),
         );
         tasks.abort_all();
+    }
+}
+
+fn ledger_halt(error: LedgerError) -> Halt {
+    if error.is_unreachable() {
+        Halt::LedgerUnreachable(error.to_string())
+    } else {
+        Halt::Ledger(error.to_string())
     }
 }
 

@@ -142,6 +142,11 @@ pub fn halt_report(halt: &Halt) -> HaltReport {
             format!("the ledger could not be written: {e}"),
             "Results not written are reconciled on resume; fix the ledger's disk, then resume",
         ),
+        Halt::LedgerUnreachable(e) => (
+            "ledger_unreachable",
+            format!("the ledger's database could not be reached: {e}"),
+            "Check the database server and the network to it, then resume (the same command)",
+        ),
     };
     HaltReport {
         cause,

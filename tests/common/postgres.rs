@@ -1,6 +1,7 @@
 //! A throwaway PostgreSQL cluster for the tests that run the ledger on PostgreSQL: the
 //! machine's Debian postgresql-15 binaries, a temporary directory, a free port on 127.0.0.1 and
-//! a Unix socket in that directory, `fsync=off`. Each test asks for a database of its own; the
+//! a Unix socket in that directory, `fsync=off` (commits still reach the operating system before
+//! they are acknowledged, so a server stopped with `-m immediate` loses none). Each test asks for a database of its own; the
 //! cluster is stopped (`pg_ctl stop -m immediate`) when the handle is dropped.
 //!
 //! initdb refuses to run as root: as root the cluster runs as `postgres` (`runuser -u postgres`)
@@ -20,6 +21,8 @@ pub struct Postgres {
     port: u16,
     as_postgres: bool,
     databases: AtomicU32,
+    /// The server's options (`pg_ctl -o`), for a restart.
+    options: String,
 }
 
 fn is_root() -> bool {
@@ -133,24 +136,41 @@ impl Postgres {
         }
         let port = free_port();
         let options = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200",
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off -c max_connections=200",
             dir.path().display()
         );
-        let mut start = command(as_postgres, &Path::new(BIN).join("pg_ctl"));
-        start
-            .arg("-D")
-            .arg(&data)
-            .args(["-w", "-l"])
-            .arg(dir.path().join("log"))
-            .args(["-o", &options, "start"]);
-        run(start, "pg_ctl start");
-        Some(Postgres {
+        let cluster = Postgres {
             dir,
             data,
             port,
             as_postgres,
             databases: AtomicU32::new(0),
-        })
+            options,
+        };
+        cluster.start_again();
+        Some(cluster)
+    }
+
+    /// Starts the server (again, after [`Postgres::stop`]) on the same port and data.
+    pub fn start_again(&self) {
+        let mut start = command(self.as_postgres, &Path::new(BIN).join("pg_ctl"));
+        start
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-w", "-l"])
+            .arg(self.dir.path().join("log"))
+            .args(["-o", &self.options, "start"]);
+        run(start, "pg_ctl start");
+    }
+
+    /// Stops the server at once (`-m immediate`: every session cut, no checkpoint), as a crash
+    /// or a cut network looks to its clients.
+    pub fn stop(&self) {
+        let mut stop = command(self.as_postgres, &Path::new(BIN).join("pg_ctl"));
+        stop.arg("-D")
+            .arg(&self.data)
+            .args(["-m", "immediate", "-w", "stop"]);
+        run(stop, "pg_ctl stop");
     }
 
     /// A new, empty database in the cluster; its URL (user `postgres`, no password).
