@@ -177,7 +177,14 @@ impl PostgresStore {
         let pool = PgPoolOptions::new()
             .max_connections(4)
             .acquire_timeout(ACQUIRE_WAIT)
-            .connect_with(options.application_name("mqtt-provision"))
+            .connect_with(
+                options
+                    .application_name("mqtt-provision")
+                    // A claim's "possibly sent" mark must outlive a crash of the server once it
+                    // is acknowledged: a server set to `synchronous_commit = off` loses the last
+                    // commits, and a lost mark sends a Register again (a second credential).
+                    .options([("synchronous_commit", "on")]),
+            )
             .await
             .map_err(|e| LedgerError::Database {
                 path: shown.clone(),

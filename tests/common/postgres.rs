@@ -1,8 +1,9 @@
 //! A throwaway PostgreSQL cluster for the tests that run the ledger on PostgreSQL: the
 //! machine's Debian postgresql-15 binaries, a temporary directory, a free port on 127.0.0.1 and
-//! a Unix socket in that directory, `fsync=off` (commits still reach the operating system before
-//! they are acknowledged, so a server stopped with `-m immediate` loses none). Each test asks for a database of its own; the
-//! cluster is stopped (`pg_ctl stop -m immediate`) when the handle is dropped.
+//! a Unix socket in that directory, `fsync=off`, `synchronous_commit=off` (the ledger's own
+//! sessions set it on, so a server stopped with `-m immediate` loses none of their commits).
+//! Each test asks for a database of its own; the cluster is stopped (`pg_ctl stop -m
+//! immediate`) when the handle is dropped.
 //!
 //! initdb refuses to run as root: as root the cluster runs as `postgres` (`runuser -u postgres`)
 //! in a directory that user owns. Without the binaries a test skips with a note, except under
@@ -136,7 +137,7 @@ impl Postgres {
         }
         let port = free_port();
         let options = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off -c max_connections=200",
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200",
             dir.path().display()
         );
         let cluster = Postgres {
