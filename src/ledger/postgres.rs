@@ -481,10 +481,13 @@ impl PostgresStore {
     /// against its new version, not a join with `workers` (a `NOT EXISTS` over `workers` let two
     /// workers claim the same targets here, 7 of 1,500).
     ///
-    /// One statement: pending targets after `after_id` that no worker holds (never claimed, or
-    /// handed back), and wherever they are those of a worker whose lease ran out (it died or
-    /// lost the database), skipping rows another
-    /// worker is claiming this instant, become this worker's with the epoch bumped. With
+    /// One statement: the pending targets of workers whose lease ran out (they died or lost the
+    /// database), wherever they are (`taken`, found through `items_held`), then pending targets
+    /// after `after_id` that no worker holds (never claimed, or handed back; `fresh`, an index
+    /// range of `items_by_state` from the cursor), skipping rows another worker is claiming this
+    /// instant, become this worker's with the epoch bumped. Two branches rather than one `OR`:
+    /// with the `OR` the cursor was only a filter, and every claim stepped over the index entries
+    /// of every target finished before it. With
     /// `marks_effect`, `maybe_applied` is set in the same statement, before any call is sent; the
     /// item carries the value from before the claim (an earlier holder's possibly sent call), so
     /// a target taken from a dead worker is reconciled, not sent blindly again. A worker whose
@@ -499,13 +502,20 @@ impl PostgresStore {
         let worker = self.worker_id()?;
         let rows = sqlx::query(
             "WITH me AS (SELECT 1 FROM workers WHERE id = $1 AND state = 'live' AND lease_until > now()), \
-             picked AS MATERIALIZED ( \
+             taken AS MATERIALIZED ( \
                SELECT i.id, i.maybe_applied FROM items i \
                WHERE i.operation = $2 AND i.state = 'pending' AND EXISTS (SELECT 1 FROM me) \
-                 AND ((i.owner IS NULL AND i.id > $3) OR i.owner = ANY(ARRAY( \
+                 AND i.owner = ANY(ARRAY( \
                    SELECT w.id FROM workers w WHERE (w.state <> 'live' OR w.lease_until <= now()) \
-                   AND EXISTS (SELECT 1 FROM items x WHERE x.owner = w.id AND x.state = 'pending')))) \
-               ORDER BY i.id LIMIT $4 FOR UPDATE OF i SKIP LOCKED) \
+                   AND EXISTS (SELECT 1 FROM items x WHERE x.owner = w.id AND x.state = 'pending'))) \
+               ORDER BY i.id LIMIT $4 FOR UPDATE OF i SKIP LOCKED), \
+             fresh AS MATERIALIZED ( \
+               SELECT i.id, i.maybe_applied FROM items i \
+               WHERE i.operation = $2 AND i.state = 'pending' AND i.id > $3 AND i.owner IS NULL \
+                 AND EXISTS (SELECT 1 FROM me) \
+               ORDER BY i.id LIMIT greatest($4 - (SELECT count(*) FROM taken), 0) \
+               FOR UPDATE OF i SKIP LOCKED), \
+             picked AS (SELECT * FROM taken UNION ALL SELECT * FROM fresh) \
              UPDATE items i SET owner = $1, epoch = i.epoch + 1, \
                maybe_applied = CASE WHEN $5 THEN 1 ELSE i.maybe_applied END, updated_at = $6 \
              FROM picked p WHERE i.id = p.id \
