@@ -366,12 +366,24 @@ fn a_second_worker_on_the_same_ledger_is_refused() {
         .output()
         .unwrap();
     if ledger.is_postgres() {
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&second.stdout),
+            String::from_utf8_lossy(&second.stderr)
+        );
         assert_eq!(
             second.status.code(),
             Some(0),
-            "the second worker joins the run on PostgreSQL: {}{}",
-            String::from_utf8_lossy(&second.stdout),
-            String::from_utf8_lossy(&second.stderr)
+            "the second worker joins the run on PostgreSQL: {said}"
+        );
+        let calls: u64 = said
+            .split_once("this run: ")
+            .and_then(|(_, rest)| rest.split_once(" calls"))
+            .and_then(|(n, _)| n.parse().ok())
+            .unwrap_or_else(|| panic!("the second worker's summary: {said}"));
+        assert!(
+            calls > 0,
+            "the second worker took a share of the work: {said}"
         );
         assert_eq!(first.wait().unwrap().code(), Some(0));
         let status = status_json(&ledger);
