@@ -1,8 +1,8 @@
 //! The other bulk operations on the same pipeline: fetch, rotate, revoke, cert inactivate and
 //! activate. Each is driven through its success path, its named not-found outcome, throttling, a
-//! fatal error and resume; then revoke's confirmation and the CA commands. Every test runs on a
-//! SQLite ledger, or with `MQTT_PROVISION_TEST_LEDGER=postgres` on a PostgreSQL one
-//! (tests/common/ledgers.rs).
+//! fatal error and resume; then revoke's confirmation and the CA commands. Every test with a
+//! ledger runs on a SQLite ledger, or with `MQTT_PROVISION_TEST_LEDGER=postgres` on a PostgreSQL
+//! one (tests/common/ledgers.rs); the CA and `cert list` tests keep no ledger.
 
 mod common;
 
