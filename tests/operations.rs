@@ -1,14 +1,17 @@
 //! The other bulk operations on the same pipeline: fetch, rotate, revoke, cert inactivate and
 //! activate. Each is driven through its success path, its named not-found outcome, throttling, a
-//! fatal error and resume; then revoke's confirmation and the CA commands.
+//! fatal error and resume; then revoke's confirmation and the CA commands. Every test with a
+//! ledger runs on a SQLite ledger, or with `MQTT_PROVISION_TEST_LEDGER=postgres` on a PostgreSQL
+//! one (tests/common/ledgers.rs); the CA and `cert list` tests keep no ledger.
 
 mod common;
 
 use mqtt_provision::api::request;
 
+use common::ledgers::TestLedger;
 use common::*;
 use mqtt_provision::api::SignatureVersion;
-use mqtt_provision::ledger::{Ledger, LedgerLocation};
+use mqtt_provision::ledger::Ledger;
 use mqtt_provision::report::OperationStatus;
 use mqtt_provision::sim::{SimConfig, SimHandle};
 
@@ -102,13 +105,8 @@ async fn setup(
     (sim, csv)
 }
 
-async fn counts(
-    ledger: &std::path::Path,
-    operation: &str,
-) -> std::collections::BTreeMap<String, i64> {
-    let l = Ledger::open_existing(&LedgerLocation::from(ledger))
-        .await
-        .unwrap();
+async fn counts(ledger: &TestLedger, operation: &str) -> std::collections::BTreeMap<String, i64> {
+    let l = Ledger::open_existing(&ledger.location()).await.unwrap();
     OperationStatus::load(&l, operation).await.unwrap().counts
 }
 
@@ -128,7 +126,7 @@ async fn each_operation_succeeds_and_names_its_not_found() {
         let (sim, csv) = setup(case, 30, dir.path(), fast()).await;
         let before = simulator_credentials(&sim);
         let ctx = context_for(&sim);
-        let ledger = dir.path().join("l.sqlite");
+        let ledger = TestLedger::new(dir.path());
         let run = Run::new(case.command, &csv, &ledger, &sim);
         let code = run.exit(&FAST, &ctx).await;
         assert_eq!(
@@ -178,17 +176,17 @@ async fn each_operation_succeeds_and_names_its_not_found() {
 
 /// Credentials of one operation's rows, through `export --operation`.
 async fn fetched(
-    ledger: &std::path::Path,
+    ledger: &TestLedger,
     ctx: &mqtt_provision::run::RunContext,
     operation: &str,
 ) -> std::collections::HashMap<String, (String, String)> {
-    let out = ledger.with_extension(format!("{operation}.csv"));
+    let out = ledger.with_extension(&format!("{operation}.csv"));
     let args = [
         "export",
         "--operation",
         operation,
         "--ledger",
-        ledger.to_str().unwrap(),
+        ledger.arg(),
         "--out",
         out.to_str().unwrap(),
     ];
@@ -219,7 +217,7 @@ async fn each_operation_rides_out_throttling() {
         .await;
         tokio::time::sleep(std::time::Duration::from_millis(1100)).await; // setup's calls leave the window
         let ctx = context_for(&sim);
-        let ledger = dir.path().join("l.sqlite");
+        let ledger = TestLedger::new(dir.path());
         let run = Run::new(case.command, &csv, &ledger, &sim);
         let code = run.exit(&["--ip-qps", "5000"], &ctx).await;
         assert_eq!(code, 0, "{}", case.operation);
@@ -249,7 +247,7 @@ async fn each_operation_halts_on_a_fatal_error() {
             "ALIBABA_CLOUD_ACCESS_KEY_SECRET" => Some("wrong".into()),
             _ => None,
         });
-        let ledger = dir.path().join("l.sqlite");
+        let ledger = TestLedger::new(dir.path());
         let run = Run::new(case.command, &csv, &ledger, &sim);
         let code = run.exit(&["--concurrency", "1"], &ctx).await;
         assert_eq!(code, 3, "{}", case.operation);
@@ -278,7 +276,7 @@ async fn each_operation_resumes_after_an_interrupt() {
         )
         .await;
         let ctx = context_for(&sim);
-        let ledger = dir.path().join("l.sqlite");
+        let ledger = TestLedger::new(dir.path());
         let run = Run::new(case.command, &csv, &ledger, &sim);
         let a = run.args(&["--account-qps", "400", "--ip-qps", "400"]);
         let interrupt = ctx.interrupt.clone();
@@ -317,13 +315,13 @@ async fn revoke_refuses_without_confirmation_and_sends_nothing() {
     let (sim, csv) = setup(CASES[2], 5, dir.path(), fast()).await;
     let calls = sim.stats().total_calls;
     let ctx = context_for(&sim);
-    let ledger = dir.path().join("l.sqlite");
+    let ledger = TestLedger::new(dir.path());
     let e = sim.endpoint();
     let mut a = vec![
         "revoke",
         csv.to_str().unwrap(),
         "--ledger",
-        ledger.to_str().unwrap(),
+        ledger.arg(),
         "--instance-id",
         &sim.instance_id,
         "--endpoint",
@@ -343,13 +341,11 @@ async fn rotate_keeps_the_previous_secret_until_exported() {
     let dir = tempfile::tempdir().unwrap();
     let (sim, csv) = setup(CASES[1], 3, dir.path(), fast()).await;
     let ctx = context_for(&sim);
-    let ledger = dir.path().join("l.sqlite");
+    let ledger = TestLedger::new(dir.path());
     let run = Run::new(CASES[1].command, &csv, &ledger, &sim);
     assert_eq!(run.exit(&FAST, &ctx).await, 0);
-    let kept = |l: std::path::PathBuf| async move {
-        let l = Ledger::open_existing(&LedgerLocation::from(l))
-            .await
-            .unwrap();
+    let kept = |l: TestLedger| async move {
+        let l = Ledger::open_existing(&l.location()).await.unwrap();
         let rows = l.export_page("rotate", &["rotated"], 0, 100).await.unwrap();
         rows.iter().filter(|r| r.previous_secret.is_some()).count()
     };

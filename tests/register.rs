@@ -1,12 +1,15 @@
 //! `register` against the in-process simulator: the outcomes a factory engineer would notice.
+//! Every test runs on a SQLite ledger, or with `MQTT_PROVISION_TEST_LEDGER=postgres` on a
+//! PostgreSQL one (tests/common/ledgers.rs).
 
 mod common;
 
 use mqtt_provision::api::request;
 
+use common::ledgers::TestLedger;
 use common::*;
 use mqtt_provision::api::SignatureVersion;
-use mqtt_provision::ledger::{ItemState, Ledger, LedgerLocation};
+use mqtt_provision::ledger::{ItemState, Ledger};
 use mqtt_provision::report::OperationStatus;
 use mqtt_provision::sim::{DupMode, SimConfig};
 
@@ -22,10 +25,8 @@ fn fast(config: SimConfig) -> SimConfig {
     }
 }
 
-async fn status(ledger: &std::path::Path) -> OperationStatus {
-    let l = Ledger::open_existing(&LedgerLocation::from(ledger))
-        .await
-        .unwrap();
+async fn status(ledger: &TestLedger) -> OperationStatus {
+    let l = Ledger::open_existing(&ledger.location()).await.unwrap();
     OperationStatus::load(&l, "register").await.unwrap()
 }
 
@@ -35,7 +36,7 @@ async fn happy_path_ledger_matches_the_simulator_and_rerun_is_a_no_op() {
     let sim = simulator(fast(SimConfig::default())).await;
     let ctx = context_for(&sim);
     let csv = devices_csv(dir.path(), "happy", 300);
-    let ledger = dir.path().join("l.sqlite");
+    let ledger = TestLedger::new(dir.path());
     let run = Run::new(&["register"], &csv, &ledger, &sim);
     assert_eq!(run.exit(&FAST, &ctx).await, 0);
     let ours = ledger_credentials(&ledger, &ctx).await;
@@ -62,7 +63,7 @@ async fn v1_signatures_work_too() {
     let sim = simulator(fast(SimConfig::default())).await;
     let ctx = context_for(&sim);
     let csv = devices_csv(dir.path(), "v1", 20);
-    let ledger = dir.path().join("l.sqlite");
+    let ledger = TestLedger::new(dir.path());
     let run = Run::new(&["register"], &csv, &ledger, &sim);
     let mut a = run.args(&FAST);
     a.extend(["--signature", "v1"]);
@@ -88,7 +89,7 @@ async fn existing_credentials_are_recovered_not_replaced() {
     }
     let before = simulator_credentials(&sim);
     let csv = devices_csv(dir.path(), "pre", 50);
-    let ledger = dir.path().join("l.sqlite");
+    let ledger = TestLedger::new(dir.path());
     let run = Run::new(&["register"], &csv, &ledger, &sim);
     assert_eq!(run.exit(&FAST, &ctx).await, 0);
     let s = status(&ledger).await;
@@ -122,7 +123,7 @@ async fn check_existing_asks_first() {
         .await
         .unwrap();
     let csv = devices_csv(dir.path(), "live", 5);
-    let ledger = dir.path().join("l.sqlite");
+    let ledger = TestLedger::new(dir.path());
     let run = Run::new(&["register"], &csv, &ledger, &sim);
     let mut a = run.args(&FAST);
     a.push("--check-existing");
@@ -153,7 +154,7 @@ async fn quota_halts_cleanly_then_resumes_once_raised() {
     .await;
     let ctx = context_for(&sim);
     let csv = devices_csv(dir.path(), "quota", 100);
-    let ledger = dir.path().join("l.sqlite");
+    let ledger = TestLedger::new(dir.path());
     let run = Run::new(&["register"], &csv, &ledger, &sim);
     assert_eq!(run.exit(&["--concurrency", "4"], &ctx).await, 3);
     let s = status(&ledger).await;
@@ -200,7 +201,7 @@ async fn wrong_credentials_halt_with_exit_3_and_nothing_lost() {
         _ => None,
     });
     let csv = devices_csv(dir.path(), "fatal", 50);
-    let ledger = dir.path().join("l.sqlite");
+    let ledger = TestLedger::new(dir.path());
     let run = Run::new(&["register"], &csv, &ledger, &sim);
     assert_eq!(run.exit(&["--concurrency", "2"], &ctx).await, 3);
     let s = status(&ledger).await;
@@ -227,7 +228,7 @@ async fn throttling_by_a_stricter_server_completes_with_few_throttles() {
     .await;
     let ctx = context_for(&sim);
     let csv = devices_csv(dir.path(), "throttle", 1000);
-    let ledger = dir.path().join("l.sqlite");
+    let ledger = TestLedger::new(dir.path());
     let run = Run::new(&["register"], &csv, &ledger, &sim);
     assert_eq!(run.exit(&["--ip-qps", "5000"], &ctx).await, 0);
     let stats = sim.stats();
@@ -256,7 +257,7 @@ async fn random_overflow_answers_do_not_slow_the_run() {
     .await;
     let ctx = context_for(&sim);
     let csv = devices_csv(dir.path(), "noise", 1500);
-    let ledger = dir.path().join("l.sqlite");
+    let ledger = TestLedger::new(dir.path());
     let run = Run::new(&["register"], &csv, &ledger, &sim);
     let started = std::time::Instant::now();
     assert_eq!(run.exit(&[], &ctx).await, 0);
@@ -291,7 +292,7 @@ async fn faults_with_a_reissuing_server_never_duplicate_a_credential() {
     .await;
     let ctx = context_for(&sim);
     let csv = devices_csv(dir.path(), "faults", 300);
-    let ledger = dir.path().join("l.sqlite");
+    let ledger = TestLedger::new(dir.path());
     let run = Run::new(&["register"], &csv, &ledger, &sim);
     let mut a = run.args(&FAST);
     a.extend(["--read-timeout", "0.5", "--max-attempts", "20"]);
@@ -335,7 +336,7 @@ async fn interrupt_then_resume() {
     .await;
     let ctx = context_for(&sim);
     let csv = devices_csv(dir.path(), "intr", 600);
-    let ledger = dir.path().join("l.sqlite");
+    let ledger = TestLedger::new(dir.path());
     let run = Run::new(&["register"], &csv, &ledger, &sim);
     // The story is the resume, not the pace: the rerun starts within a second of the first
     // run's last calls from the same address, and on a loaded machine the two runs' scheduling
@@ -376,7 +377,7 @@ async fn invalid_rows_are_recorded_with_file_line_and_reason() {
     let ctx = context_for(&sim);
     let csv = dir.path().join("mixed.csv");
     std::fs::write(&csv, "client_id\nGID_test@@@ok-1\nGID_x@@@short\nGID_test@@@bad/char\nGID_test@@@ok-1\nGID_test@@@ok-2\n").unwrap();
-    let ledger = dir.path().join("l.sqlite");
+    let ledger = TestLedger::new(dir.path());
     let run = Run::new(&["register"], &csv, &ledger, &sim);
     assert_eq!(run.exit(&FAST, &ctx).await, 1);
     let s = status(&ledger).await;
@@ -396,7 +397,7 @@ async fn invalid_rows_are_recorded_with_file_line_and_reason() {
                 "export",
                 "--failures",
                 "--ledger",
-                ledger.to_str().unwrap(),
+                ledger.arg(),
                 "--out",
                 out.to_str().unwrap()
             ],
@@ -422,7 +423,7 @@ async fn default_pace_keeps_every_sliding_second_under_the_limits() {
     .await;
     let ctx = context_for(&sim);
     let csv = devices_csv(dir.path(), "pace", 900);
-    let ledger = dir.path().join("l.sqlite");
+    let ledger = TestLedger::new(dir.path());
     let run = Run::new(&["register"], &csv, &ledger, &sim);
     assert_eq!(run.exit(&[], &ctx).await, 0);
     let stats = sim.stats();
@@ -457,7 +458,7 @@ async fn two_source_addresses_share_the_account_budget() {
     .await;
     let ctx = context_for(&sim);
     let csv = devices_csv(dir.path(), "twoips", 500);
-    let ledger = dir.path().join("l.sqlite");
+    let ledger = TestLedger::new(dir.path());
     let run = Run::new(&["register"], &csv, &ledger, &sim);
     let extra = [
         "--account-qps",
@@ -491,7 +492,7 @@ async fn a_blocked_address_is_retired_and_the_run_halts_when_none_is_left() {
     .await;
     let ctx = context_for(&sim);
     let csv = devices_csv(dir.path(), "blocked", 200);
-    let ledger = dir.path().join("l.sqlite");
+    let ledger = TestLedger::new(dir.path());
     let run = Run::new(&["register"], &csv, &ledger, &sim);
     assert_eq!(run.exit(&[], &ctx).await, 3);
     let s = status(&ledger).await;

@@ -1,6 +1,13 @@
 //! The real binary under abuse, against a simulator running as its own process: kill -9 at
 //! random moments, a simulator restart, a locked ledger, a second worker, a Ctrl-C storm, and
 //! secrets in every output. Short forms run in `cargo test`; `--ignored` runs the long forms.
+//!
+//! Every test runs on a SQLite ledger, or with `MQTT_PROVISION_TEST_LEDGER=postgres` on a
+//! PostgreSQL one (tests/common/ledgers.rs), except those about a SQLite file, which under that
+//! setting say `SQLite-only` and return: a ledger locked by another process (SQLite's write
+//! lock), a full disk and a read-only file system under the ledger file (a tmpfs of the test's
+//! own). On PostgreSQL a second worker on the same ledger is not refused but joins the run (the
+//! fleet, by design); that test checks the PostgreSQL story instead.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -14,8 +21,13 @@ const AK: &str = "TORTUREAK";
 const SECRET: &str = "torture-access-key-secret";
 const INSTANCE: &str = "post-cn-torture01";
 
+#[path = "common/ledgers.rs"]
+mod ledgers;
+#[path = "common/postgres.rs"]
+mod postgres;
 #[path = "common/sim_process.rs"]
 mod sim_process;
+use ledgers::{TestLedger, sqlite_only};
 use sim_process::SimProcess;
 
 /// The simulator process of these tests: their instance and key, a `--journal`.
@@ -25,12 +37,12 @@ fn start_sim(state: &Path, listen_port: u16, extra: &[&str]) -> SimProcess {
     SimProcess::start(BIN, listen_port, INSTANCE, &format!("{AK}:{SECRET}"), &args)
 }
 
-fn worker(csv: &Path, ledger: &Path, endpoint: &str, extra: &[&str]) -> Command {
+fn worker(csv: &Path, ledger: &TestLedger, endpoint: &str, extra: &[&str]) -> Command {
     let mut c = Command::new(BIN);
     c.args(["register"])
         .arg(csv)
         .arg("--ledger")
-        .arg(ledger)
+        .arg(ledger.arg())
         .args([
             "--instance-id",
             INSTANCE,
@@ -54,7 +66,7 @@ fn worker(csv: &Path, ledger: &Path, endpoint: &str, extra: &[&str]) -> Command 
         })
         .env("ALIBABA_CLOUD_ACCESS_KEY_ID", AK)
         .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", SECRET)
-        .env("HOME", ledger.parent().unwrap())
+        .env("HOME", ledger.dir())
         .stdin(Stdio::null());
     c
 }
@@ -84,10 +96,9 @@ fn credentials(csv_text: &str) -> HashMap<String, (String, String)> {
         .collect()
 }
 
-fn exported(ledger: &Path) -> HashMap<String, (String, String)> {
+fn exported(ledger: &TestLedger) -> HashMap<String, (String, String)> {
     let out = Command::new(BIN)
-        .args(["export", "--ledger"])
-        .arg(ledger)
+        .args(["export", "--ledger", ledger.arg()])
         .output()
         .unwrap();
     assert!(
@@ -99,7 +110,7 @@ fn exported(ledger: &Path) -> HashMap<String, (String, String)> {
 }
 
 /// Runs the worker to completion (exit 0), then checks the invariants of the whole story.
-fn finish_and_check(sim: &SimProcess, csv: &Path, ledger: &Path, n: usize) {
+fn finish_and_check(sim: &SimProcess, csv: &Path, ledger: &TestLedger, n: usize) {
     let out = worker(csv, ledger, &sim.endpoint(), &[]).output().unwrap();
     assert_eq!(
         out.status.code(),
@@ -122,17 +133,20 @@ fn finish_and_check(sim: &SimProcess, csv: &Path, ledger: &Path, n: usize) {
         ours, theirs,
         "the ledger equals the simulator's registry, row for row"
     );
-    let status = Command::new(BIN)
-        .args(["status", "--json", "--ledger"])
-        .arg(ledger)
-        .output()
-        .unwrap();
-    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let status = status_json(ledger);
     assert!(
         status["operations"][0]["counts"].get("pending").is_none(),
         "nothing pending: {}",
         status["operations"][0]["counts"]
     );
+}
+
+fn status_json(ledger: &TestLedger) -> serde_json::Value {
+    let status = Command::new(BIN)
+        .args(["status", "--json", "--ledger", ledger.arg()])
+        .output()
+        .unwrap();
+    serde_json::from_slice(&status.stdout).unwrap()
 }
 
 const FAULTS: [&str; 10] = [
@@ -149,10 +163,10 @@ const FAULTS: [&str; 10] = [
 ];
 
 /// `n` devices, a ledger, and a simulator with `FAULTS` on and a fast pace, for the stories.
-fn faulty_world(n: usize) -> (tempfile::TempDir, PathBuf, PathBuf, SimProcess) {
+fn faulty_world(n: usize) -> (tempfile::TempDir, PathBuf, TestLedger, SimProcess) {
     let dir = tempfile::tempdir().unwrap();
     let csv = devices(dir.path(), n);
-    let ledger = dir.path().join("ledger.sqlite");
+    let ledger = TestLedger::named(dir.path(), "ledger.sqlite");
     let mut extra = FAULTS.to_vec();
     extra.extend([
         "--latency",
@@ -270,7 +284,7 @@ fn ctrl_c_storm_then_resume_long() {
 fn the_worker_rides_out_a_simulator_restart() {
     let dir = tempfile::tempdir().unwrap();
     let csv = devices(dir.path(), 1_500);
-    let ledger = dir.path().join("ledger.sqlite");
+    let ledger = TestLedger::named(dir.path(), "ledger.sqlite");
     let state = dir.path().join("sim.jsonl");
     let extra = [
         "--latency",
@@ -315,11 +329,14 @@ fn the_worker_rides_out_a_simulator_restart() {
     finish_and_check(&sim, &csv, &ledger, 1_500);
 }
 
+/// On SQLite a second worker on a ledger in use is refused before it sends anything. On
+/// PostgreSQL it joins: both finish with exit 0, both show in `status` as finished workers, and
+/// no device is keyed twice (the simulator reissues on a second Register, so one would show).
 #[test]
 fn a_second_worker_on_the_same_ledger_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let csv = devices(dir.path(), 3_000);
-    let ledger = dir.path().join("ledger.sqlite");
+    let ledger = TestLedger::named(dir.path(), "ledger.sqlite");
     let sim = start_sim(
         &dir.path().join("sim.jsonl"),
         0,
@@ -330,6 +347,8 @@ fn a_second_worker_on_the_same_ledger_is_refused() {
             "3000",
             "--ip-qps",
             "3000",
+            "--dup-mode",
+            "reissue",
         ],
     );
     let mut first = worker(
@@ -346,6 +365,38 @@ fn a_second_worker_on_the_same_ledger_is_refused() {
     let second = worker(&csv, &ledger, &sim.endpoint(), &[])
         .output()
         .unwrap();
+    if ledger.is_postgres() {
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&second.stdout),
+            String::from_utf8_lossy(&second.stderr)
+        );
+        assert_eq!(
+            second.status.code(),
+            Some(0),
+            "the second worker joins the run on PostgreSQL: {said}"
+        );
+        let calls: u64 = said
+            .split_once("this run: ")
+            .and_then(|(_, rest)| rest.split_once(" calls"))
+            .and_then(|(n, _)| n.parse().ok())
+            .unwrap_or_else(|| panic!("the second worker's summary: {said}"));
+        assert!(
+            calls > 0,
+            "the second worker took a share of the work: {said}"
+        );
+        assert_eq!(first.wait().unwrap().code(), Some(0));
+        let status = status_json(&ledger);
+        let finished = status["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|w| w["state"] == "finished")
+            .count();
+        assert_eq!(finished, 2, "both workers ran and finished: {status}");
+        finish_and_check(&sim, &csv, &ledger, 3_000);
+        return;
+    }
     assert_eq!(
         second.status.code(),
         Some(2),
@@ -372,6 +423,7 @@ fn ledger_trouble_mid_run(
     trouble: impl FnOnce() -> Box<dyn FnOnce()>,
     says: &str,
 ) {
+    let ledger = &TestLedger::sqlite(ledger.to_owned());
     let csv = devices(dir, 3_000);
     let sim = start_sim(
         &dir.join("sim.jsonl"),
@@ -417,6 +469,12 @@ fn ledger_trouble_mid_run(
 
 #[test]
 fn a_ledger_locked_mid_run_halts_clearly_and_loses_nothing() {
+    if sqlite_only(
+        "a_ledger_locked_mid_run_halts_clearly_and_loses_nothing",
+        "another process holds SQLite's write lock on the ledger file",
+    ) {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let ledger = dir.path().join("ledger.sqlite");
     let lock = || -> Box<dyn FnOnce()> {
@@ -497,6 +555,12 @@ fn skipped(test: &str) {
 
 #[test]
 fn a_full_disk_mid_run_halts_clearly_and_loses_nothing() {
+    if sqlite_only(
+        "a_full_disk_mid_run_halts_clearly_and_loses_nothing",
+        "fills the file system under the ledger file (a tmpfs)",
+    ) {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let Some(disk) = SmallDisk::mount(&dir.path().join("disk"), "64m") else {
         return skipped("a_full_disk_mid_run_halts_clearly_and_loses_nothing");
@@ -515,12 +579,18 @@ fn a_full_disk_mid_run_halts_clearly_and_loses_nothing() {
 
 #[test]
 fn a_read_only_ledger_is_refused_before_any_call_and_loses_nothing() {
+    if sqlite_only(
+        "a_read_only_ledger_is_refused_before_any_call_and_loses_nothing",
+        "turns the file system under the ledger file read-only (a tmpfs)",
+    ) {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let Some(disk) = SmallDisk::mount(&dir.path().join("disk"), "64m") else {
         return skipped("a_read_only_ledger_is_refused_before_any_call_and_loses_nothing");
     };
     let csv = devices(dir.path(), 1_000);
-    let ledger = disk.path.join("ledger.sqlite");
+    let ledger = TestLedger::sqlite(disk.path.join("ledger.sqlite"));
     let sim = start_sim(
         &dir.path().join("sim.jsonl"),
         0,
@@ -557,7 +627,7 @@ fn a_read_only_ledger_is_refused_before_any_call_and_loses_nothing() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_ne!(out.status.code(), Some(0), "{err}");
-    assert!(err.contains(&*ledger.display().to_string()), "{err}");
+    assert!(err.contains(ledger.arg()), "{err}");
     assert!(err.contains("read-only"), "{err}");
     assert_eq!(
         sim.stats()["total_calls"].as_u64().unwrap(),
@@ -574,7 +644,6 @@ fn a_read_only_ledger_is_refused_before_any_call_and_loses_nothing() {
 fn no_secret_in_any_output() {
     let dir = tempfile::tempdir().unwrap();
     let csv = devices(dir.path(), 50);
-    let ledger = dir.path().join("ledger.sqlite");
     let token = "CAIS-torture-token-value";
     let sim = SimProcess::start(
         BIN,
@@ -584,8 +653,10 @@ fn no_secret_in_any_output() {
         &["--fault-internal-error", "0.2"],
     );
     let mut outputs = String::new();
+    let mut ledgers = Vec::new();
     for signature in ["v3", "v1"] {
         // The wrong secret first, on a fresh ledger, so its calls are really sent.
+        let ledger = TestLedger::named(dir.path(), &format!("ledger-{signature}.sqlite"));
         for (id, secret) in [("STSAK", "wrong-secret-value"), ("STSAK", SECRET)] {
             let out = worker(&csv, &ledger, &sim.endpoint(), &["--signature", signature])
                 .env("ALIBABA_CLOUD_ACCESS_KEY_ID", id)
@@ -597,22 +668,23 @@ fn no_secret_in_any_output() {
             outputs.push_str(&String::from_utf8_lossy(&out.stdout));
             outputs.push_str(&String::from_utf8_lossy(&out.stderr));
         }
-        let _ = std::fs::remove_file(&ledger);
+        ledgers.push(ledger);
     }
-    for args in [
-        vec!["status"],
-        vec!["status", "--json"],
-        vec!["export", "--failures"],
-    ] {
-        let out = Command::new(BIN)
-            .args(&args)
-            .arg("--ledger")
-            .arg(&ledger)
-            .env("RUST_LOG", "trace")
-            .output()
-            .unwrap();
-        outputs.push_str(&String::from_utf8_lossy(&out.stdout));
-        outputs.push_str(&String::from_utf8_lossy(&out.stderr));
+    for ledger in &ledgers {
+        for args in [
+            vec!["status"],
+            vec!["status", "--json"],
+            vec!["export", "--failures"],
+        ] {
+            let out = Command::new(BIN)
+                .args(&args)
+                .args(["--ledger", ledger.arg()])
+                .env("RUST_LOG", "trace")
+                .output()
+                .unwrap();
+            outputs.push_str(&String::from_utf8_lossy(&out.stdout));
+            outputs.push_str(&String::from_utf8_lossy(&out.stderr));
+        }
     }
     assert!(
         outputs.contains("SignatureDoesNotMatch"),

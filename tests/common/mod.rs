@@ -1,6 +1,11 @@
 //! Helpers shared by the integration tests: an in-process simulator and clients pointed at it.
 #![allow(dead_code)]
 
+pub mod ledgers;
+pub mod postgres;
+
+use ledgers::LedgerArg;
+
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -102,16 +107,16 @@ pub fn credentials_from_csv(
 
 /// The ledger's credentials, through `export`.
 pub async fn ledger_credentials(
-    ledger: &Path,
+    ledger: &(impl LedgerArg + ?Sized),
     context: &RunContext,
 ) -> HashMap<String, (String, String)> {
-    let out = ledger.with_extension("export.csv");
+    let out = ledger.beside("export.csv");
     assert_eq!(
         run_cli(
             &[
                 "export",
                 "--ledger",
-                ledger.to_str().unwrap(),
+                &ledger.ledger_arg(),
                 "--out",
                 out.to_str().unwrap()
             ],
@@ -151,13 +156,13 @@ impl Run {
     pub fn new(
         command: &'static [&'static str],
         csv: &std::path::Path,
-        ledger: &std::path::Path,
+        ledger: &(impl LedgerArg + ?Sized),
         sim: &SimHandle,
     ) -> Run {
         Run {
             command,
             csv: csv.to_str().unwrap().to_owned(),
-            ledger: ledger.to_str().unwrap().to_owned(),
+            ledger: ledger.ledger_arg(),
             instance: sim.instance_id.clone(),
             endpoint: sim.endpoint(),
         }
