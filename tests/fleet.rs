@@ -398,6 +398,41 @@ fn a_worker_killed_mid_run_is_taken_over_and_nothing_is_keyed_twice() {
 }
 
 #[test]
+fn targets_handed_back_by_an_interrupted_worker_are_finished_by_the_others() {
+    let Some(pg) = Postgres::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let n = 3000;
+    let csv = devices(dir.path(), "dev", n);
+    let sim = start_sim(&["--latency", "uniform:5:30"]);
+    let url = pg.database();
+    let mut workers = spawn_workers(3, &csv, &url, &sim, "250", dir.path());
+    std::thread::sleep(Duration::from_millis(2000));
+    // Ctrl-C: the worker hands back what it claimed and did not send, often behind the
+    // cursors of the other two, which must still take it.
+    let mut stopped = workers.remove(0);
+    // SAFETY: kill(2) on a child of this test.
+    assert_eq!(unsafe { libc::kill(stopped.id() as i32, libc::SIGINT) }, 0);
+    assert_eq!(stopped.wait().unwrap().code(), Some(130));
+    all_succeed(workers);
+    let counts = status_counts(&url, dir.path());
+    assert_eq!(counts["register"]["registered"], n as u64, "{counts:?}");
+    assert_eq!(
+        counts["register"].as_object().unwrap().len(),
+        1,
+        "{counts:?}"
+    );
+    assert!(
+        duplicates(&sim).is_empty(),
+        "{}",
+        sim.stats()["credentials"]
+    );
+    assert_eq!(
+        exported(&url, dir.path()),
+        credentials(&sim.get("/__sim/credentials"))
+    );
+}
+
+#[test]
 fn a_worker_that_cannot_renew_its_lease_stops_sending_before_it_runs_out() {
     let Some(pg) = Postgres::start() else { return };
     let dir = tempfile::tempdir().unwrap();
@@ -585,9 +620,10 @@ fn a_frozen_worker_is_taken_over_and_its_late_outcomes_are_fenced_out() {
     let sim = start_sim(&["--latency", "uniform:5:30"]);
     let url = pg.database();
     let mut workers = spawn_workers(2, &csv, &url, &sim, "250", dir.path());
-    std::thread::sleep(Duration::from_millis(1200));
     let frozen = workers.remove(0);
     let pid = frozen.id() as i32;
+    // Frozen while it sends (on a loaded machine a worker may still be starting at 1.2 s).
+    wait_until_sending(&url, dir.path(), pid as u32);
     // SAFETY: kill(2) on a child this test started.
     unsafe { libc::kill(pid, libc::SIGSTOP) };
     // The survivor finishes its share, waits out the frozen worker's lease and takes over.
@@ -806,6 +842,31 @@ fn a_postgres_ledger_over_tls_with_the_rest_from_pg_variables() {
 }
 
 /// Waits for every worker; each must exit 0.
+/// Waits (up to 20 s) until `status` shows the worker with process id `pid` sending calls.
+fn wait_until_sending(url: &str, dir: &Path, pid: u32) {
+    let started = Instant::now();
+    loop {
+        let out = command(&["status", "--json"], url, dir).output().unwrap();
+        // Before the first worker has created the ledger, status finds none.
+        let status: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+        let sending = status["workers"].as_array().is_some_and(|workers| {
+            workers.iter().any(|w| {
+                w["pid"].as_u64() == Some(u64::from(pid))
+                    && w["calls_per_second"].as_f64().is_some_and(|r| r > 0.0)
+            })
+        });
+        if sending {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "worker {pid} never sent: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn all_succeed(children: impl IntoIterator<Item = Child>) {
     for (i, child) in children.into_iter().enumerate() {
         let out = child.wait_with_output().unwrap();

@@ -232,8 +232,12 @@ pub async fn run(plan: BulkPlan, context: &RunContext) -> Result<ExitCode, Failu
         Ok(after) => after,
         // The ledger went away under the run (its database unreachable): say why the run
         // halted and how to resume; the counts and the run's end cannot be read or recorded.
-        Err(e) if outcome.halt.is_some() => {
+        Err(e) if e.is_unreachable() && outcome.halt.is_some() => {
             let halt = outcome.halt.as_ref().expect("checked");
+            let code = match halt {
+                Halt::Interrupted => ExitCode::Interrupted,
+                _ => ExitCode::Halted,
+            };
             let report = report::halt_report(halt);
             let resume = context.command_line.as_str();
             events.say(&format!(
@@ -247,13 +251,13 @@ pub async fn run(plan: BulkPlan, context: &RunContext) -> Result<ExitCode, Failu
             ));
             events.emit(&Event::Halt {
                 halt: &report,
-                exit_code: ExitCode::Halted.code(),
+                exit_code: code.code(),
                 resume,
             });
             tracing::warn!("the ledger's counts could not be read after the run: {e}");
             access.close().await;
             close(ledger).await;
-            return Ok(ExitCode::Halted);
+            return Ok(code);
         }
         Err(e) => return Err(Failure::from(e)),
     };

@@ -82,6 +82,9 @@ pub struct WorkItem {
     pub attempts: i64,
     /// A call that may have taken effect was sent for it before (an earlier run's ambiguous call).
     pub maybe_applied: bool,
+    /// Taken over from a worker whose lease ran out: it may lie anywhere in the ledger, so it
+    /// does not move the claiming worker's cursor.
+    pub taken_over: bool,
 }
 
 /// What the writer stores for one target.
@@ -567,6 +570,13 @@ impl Ledger {
     /// Whether a run (this process's or another's) holds the ledger now.
     pub fn held_by_a_run(&self) -> bool {
         on_store!(self, s => s.held_by_a_run())
+    }
+
+    /// Whether several workers may share it (PostgreSQL): a claim then takes only targets no
+    /// live worker holds, so one from the start of the ledger never takes this worker's own
+    /// targets in flight (on SQLite those are `pending` too, and only the cursor keeps them).
+    pub fn is_shared(&self) -> bool {
+        matches!(self.store, Store::Postgres(_))
     }
 
     /// Whether it was opened read-only (nothing it is asked to record is recorded).

@@ -11,8 +11,9 @@
 //!
 //! A worker takes over a dead worker's targets in its claim (they are claimable once their
 //! owner's lease ran out, and carry `maybe_applied`, so they are reconciled); `SKIP LOCKED`
-//! gives each to one worker, so no reaper or advisory lock is needed for that. Not here yet: a
-//! rate budget shared by the workers, and riding out a database outage.
+//! gives each to one worker, so no reaper or advisory lock is needed for that. The account's rate
+//! budget is shared through the heartbeat (`fleet_heartbeat`, [`crate::budget`]); a database
+//! that goes away under a run is ridden out by the writer (`src/pipeline/writer.rs`).
 //!
 //! It must never let a `sqlx` type out, nor show the URL's password: messages name the database
 //! by [`PostgresUrl::shown`]. It knows nothing of HTTP, CSV parsing or exit codes.
@@ -67,6 +68,9 @@ const SEND_FOR: Duration = Duration::from_secs(LEASE_SECONDS as u64 - 1);
 /// How long a statement may wait for a connection, a new one included: a server that refuses
 /// connections (stopped, restarting) is reported after this, and the writer's patience starts.
 const ACQUIRE_WAIT: Duration = Duration::from_secs(3);
+
+/// How long a claim, a batch of outcomes or a renewal may wait for the server's answer.
+const ANSWER_WAIT: Duration = Duration::from_secs(15);
 
 /// How long ending a worker may wait for the server.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
@@ -183,7 +187,15 @@ impl PostgresStore {
                     // A claim's "possibly sent" mark must outlive a crash of the server once it
                     // is acknowledged: a server set to `synchronous_commit = off` loses the last
                     // commits, and a lost mark sends a Register again (a second credential).
-                    .options([("synchronous_commit", "on")]),
+                    // A worker that vanishes (a cut network) is noticed by the server within
+                    // about 25 s, which then ends its session and releases its row locks.
+                    .options([
+                        ("synchronous_commit", "on"),
+                        ("tcp_keepalives_idle", "10"),
+                        ("tcp_keepalives_interval", "5"),
+                        ("tcp_keepalives_count", "3"),
+                        ("idle_in_transaction_session_timeout", "30s"),
+                    ]),
             )
             .await
             .map_err(|e| LedgerError::Database {
@@ -258,6 +270,26 @@ impl PostgresStore {
                 .await
                 .unwrap_or(None);
         Ok(applied == Some(newest))
+    }
+
+    /// `work`, or `Unreachable` once it has had no answer for [`ANSWER_WAIT`]: a network that
+    /// drops packets rather than refusing them leaves a statement waiting for the kernel's TCP
+    /// timeout (about 15 minutes).
+    async fn answered<T>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, LedgerError>>,
+    ) -> Result<T, LedgerError> {
+        tokio::time::timeout(ANSWER_WAIT, work)
+            .await
+            .unwrap_or_else(|_| {
+                Err(LedgerError::Unreachable {
+                    path: self.shown.clone(),
+                    message: format!(
+                        "no answer from the database server within {} s",
+                        ANSWER_WAIT.as_secs()
+                    ),
+                })
+            })
     }
 
     fn db(&self, error: sqlx::Error) -> LedgerError {
@@ -486,8 +518,10 @@ impl PostgresStore {
     /// after `after_id` that no worker holds (never claimed, or handed back; `fresh`, an index
     /// range of `items_by_state` from the cursor), skipping rows another worker is claiming this
     /// instant, become this worker's with the epoch bumped. Two branches rather than one `OR`:
-    /// with the `OR` the cursor was only a filter, and every claim stepped over the index entries
-    /// of every target finished before it. With
+    /// with the `OR` the cursor was only a filter. The update repeats the picked ids as an
+    /// array (read from the materialized CTE, so the locked rows are not picked again): without
+    /// it the planner, which cannot know how many rows `picked` holds, joined it to a scan of the
+    /// whole table (72 ms per claim at 200,000 targets, 3 ms with it). With
     /// `marks_effect`, `maybe_applied` is set in the same statement, before any call is sent; the
     /// item carries the value from before the claim (an earlier holder's possibly sent call), so
     /// a target taken from a dead worker is reconciled, not sent blindly again. A worker whose
@@ -499,18 +533,29 @@ impl PostgresStore {
         limit: i64,
         marks_effect: bool,
     ) -> Result<Vec<WorkItem>, LedgerError> {
+        self.answered(self.claim_now(operation, after_id, limit, marks_effect))
+            .await
+    }
+
+    async fn claim_now(
+        &self,
+        operation: &str,
+        after_id: i64,
+        limit: i64,
+        marks_effect: bool,
+    ) -> Result<Vec<WorkItem>, LedgerError> {
         let worker = self.worker_id()?;
         let rows = sqlx::query(
             "WITH me AS (SELECT 1 FROM workers WHERE id = $1 AND state = 'live' AND lease_until > now()), \
              taken AS MATERIALIZED ( \
-               SELECT i.id, i.maybe_applied FROM items i \
+               SELECT i.id, i.maybe_applied, true AS taken_over FROM items i \
                WHERE i.operation = $2 AND i.state = 'pending' AND EXISTS (SELECT 1 FROM me) \
                  AND i.owner = ANY(ARRAY( \
                    SELECT w.id FROM workers w WHERE (w.state <> 'live' OR w.lease_until <= now()) \
                    AND EXISTS (SELECT 1 FROM items x WHERE x.owner = w.id AND x.state = 'pending'))) \
                ORDER BY i.id LIMIT $4 FOR UPDATE OF i SKIP LOCKED), \
              fresh AS MATERIALIZED ( \
-               SELECT i.id, i.maybe_applied FROM items i \
+               SELECT i.id, i.maybe_applied, false AS taken_over FROM items i \
                WHERE i.operation = $2 AND i.state = 'pending' AND i.id > $3 AND i.owner IS NULL \
                  AND EXISTS (SELECT 1 FROM me) \
                ORDER BY i.id LIMIT greatest($4 - (SELECT count(*) FROM taken), 0) \
@@ -518,8 +563,8 @@ impl PostgresStore {
              picked AS (SELECT * FROM taken UNION ALL SELECT * FROM fresh) \
              UPDATE items i SET owner = $1, epoch = i.epoch + 1, \
                maybe_applied = CASE WHEN $5 THEN 1 ELSE i.maybe_applied END, updated_at = $6 \
-             FROM picked p WHERE i.id = p.id \
-             RETURNING i.id, i.target, i.attempts, p.maybe_applied, i.epoch",
+             FROM picked p WHERE i.id = p.id AND i.id = ANY(ARRAY(SELECT id FROM picked)) \
+             RETURNING i.id, i.target, i.attempts, p.maybe_applied, i.epoch, p.taken_over",
         )
         .bind(worker)
         .bind(operation)
@@ -539,12 +584,13 @@ impl PostgresStore {
                         target: Target::from_key(r.get(1)),
                         attempts: r.get(2),
                         maybe_applied: r.get::<i64, _>(3) != 0,
+                        taken_over: r.get(5),
                     },
                     r.get(4),
                 )
             })
             .collect();
-        // RETURNING gives no order: the feeder's cursor is the highest id.
+        // RETURNING gives no order: the feeder's cursor is the highest id claimed from it.
         items.sort_by_key(|(item, _)| item.id);
         let mut epochs = self.epochs.lock().unwrap_or_else(|p| p.into_inner());
         for (item, epoch) in &items {
@@ -557,6 +603,18 @@ impl PostgresStore {
     /// worker claimed it with (another worker took over a target whose lease ran out: its
     /// outcome is the one kept). A target handed back as `pending` is released at once.
     pub(super) async fn record(
+        &self,
+        operation: &str,
+        outcomes: &[OutcomeRecord],
+        digests: &[Option<String>],
+    ) -> Result<(), LedgerError> {
+        // Cut off without an answer, the batch may have landed: the writer sends it again and
+        // the count of batches tells.
+        self.answered(self.record_now(operation, outcomes, digests))
+            .await
+    }
+
+    async fn record_now(
         &self,
         operation: &str,
         outcomes: &[OutcomeRecord],
@@ -1288,6 +1346,10 @@ impl PostgresStore {
     /// Pending targets of the operation that other workers hold under a live lease: they are
     /// being worked on, or are taken over once that lease runs out.
     pub(super) async fn held_by_others(&self, operation: &str) -> Result<i64, LedgerError> {
+        self.answered(self.held_by_others_now(operation)).await
+    }
+
+    async fn held_by_others_now(&self, operation: &str) -> Result<i64, LedgerError> {
         sqlx::query_scalar(
             "SELECT COUNT(*) FROM items i JOIN workers w ON w.id = i.owner \
              WHERE i.operation = $1 AND i.state = 'pending' AND i.owner IS DISTINCT FROM $2 \
@@ -1453,7 +1515,19 @@ fn spawn_heartbeat(
                 0.0
             };
             last = (sent, calls);
-            let renewal = beat(&pool, &worker, budget.as_deref(), rate, sent);
+            let renewal = async {
+                tokio::time::timeout(
+                    ANSWER_WAIT,
+                    beat(&pool, &worker, budget.as_deref(), rate, sent),
+                )
+                .await
+                .unwrap_or_else(|_| {
+                    Err(sqlx::Error::Io(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no answer within {} s", ANSWER_WAIT.as_secs()),
+                    )))
+                })
+            };
             let renewed = match &budget {
                 None => renewal.await,
                 Some(shares) => {

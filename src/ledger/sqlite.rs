@@ -440,6 +440,7 @@ impl SqliteStore {
                 target: Target::from_key(r.get(1)),
                 attempts: r.get(2),
                 maybe_applied: r.get::<i64, _>(3) != 0,
+                taken_over: false,
             })
             .collect();
         if marks_effect && let (Some(first), Some(last)) = (items.first(), items.last()) {

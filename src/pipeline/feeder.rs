@@ -57,14 +57,22 @@ async fn feed(
             return Ok(Vec::new());
         }
         let claim_started = Instant::now();
-        let items = ledger
+        let mut items = ledger
             .claim(operation.name(), cursor, batch, operation.marks_effect())
             .await?;
+        if items.is_empty() && cursor > 0 && ledger.is_shared() {
+            // Targets handed back behind the cursor: a worker of a shared ledger that stopped
+            // (Ctrl-C, a halt) returns what it had claimed and not sent, wherever it lay. Only
+            // there: a claim on SQLite would take this worker's own targets in flight.
+            items = ledger
+                .claim(operation.name(), 0, batch, operation.marks_effect())
+                .await?;
+        }
         let took = claim_started.elapsed();
         if took > SLOW_CLAIM {
             tracing::warn!("claiming {} targets took {took:?}", items.len());
         }
-        let Some(last) = items.last() else {
+        if items.is_empty() {
             // On a shared ledger, targets other workers hold may still come back (their
             // worker dies, its lease runs out): wait for them rather than end the run.
             if ledger.held_by_others(operation.name()).await? == 0 {
@@ -74,9 +82,12 @@ async fn feed(
                 _ = stop.cancelled() => return Ok(Vec::new()),
                 _ = tokio::time::sleep(HELD_ELSEWHERE_POLL) => continue,
             }
-        };
-        // A target taken over from a dead worker may lie behind the cursor: never go back.
-        cursor = cursor.max(last.id);
+        }
+        // Never back, and never past what a takeover brought: a dead worker's targets lie
+        // anywhere, and free targets below them are still to be claimed from the cursor.
+        if let Some(last) = items.iter().filter(|i| !i.taken_over).map(|i| i.id).max() {
+            cursor = cursor.max(last);
+        }
         let mut items = items.into_iter();
         while let Some(item) = items.next() {
             // The dispatcher has stopped: hand back what was claimed but never sent.

@@ -152,7 +152,7 @@ async fn outage(
             return LedgerError::Unreachable {
                 path: ledger.path().to_owned(),
                 message: format!(
-                    "the database has been unreachable since {since_clock}, longer than --ledger-patience {}; {written} outcome(s) were written meanwhile, {lost} could not be: those targets stay claimed and are reconciled on resume (GetDeviceCredential first, nothing is registered twice). Last error: {}",
+                    "the database has been unreachable since {since_clock}, longer than --ledger-patience {}; {written} outcome(s) were written meanwhile, {lost} could not be: those targets stay claimed as possibly sent and are reconciled on resume (the service is asked what they hold before anything is sent again). Last error: {}",
                     seconds(patience),
                     unprefixed(&cause, ledger.path())
                 ),
