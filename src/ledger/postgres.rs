@@ -1343,17 +1343,20 @@ impl PostgresStore {
             .map(|_| *self.send_until.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
-    /// Pending targets of the operation that other workers hold under a live lease: they are
-    /// being worked on, or are taken over once that lease runs out.
+    /// Pending targets of the operation that other workers hold: under a live lease they are
+    /// being worked on, or are taken over once it runs out; a dead worker's that a claim just
+    /// passed over are locked (another worker taking them this instant, or a frozen worker's
+    /// open transaction, which the server ends after `idle_in_transaction_session_timeout`), so
+    /// they are waited for, not left pending.
     pub(super) async fn held_by_others(&self, operation: &str) -> Result<i64, LedgerError> {
         self.answered(self.held_by_others_now(operation)).await
     }
 
     async fn held_by_others_now(&self, operation: &str) -> Result<i64, LedgerError> {
         sqlx::query_scalar(
-            "SELECT COUNT(*) FROM items i JOIN workers w ON w.id = i.owner \
-             WHERE i.operation = $1 AND i.state = 'pending' AND i.owner IS DISTINCT FROM $2 \
-             AND w.state = 'live' AND w.lease_until > now()",
+            "SELECT COUNT(*) FROM items i \
+             WHERE i.operation = $1 AND i.state = 'pending' AND i.owner IS NOT NULL \
+             AND i.owner IS DISTINCT FROM $2",
         )
         .bind(operation)
         .bind(self.worker.as_deref())
