@@ -652,8 +652,19 @@ fn a_frozen_worker_is_taken_over_and_its_late_outcomes_are_fenced_out() {
     );
     assert!(err.contains("lease"), "{err}");
     // What it had claimed ahead and its calls in flight come back to a ledger where the
-    // survivor holds those targets under a newer epoch: none of it is stored.
-    assert!(err.contains("not stored"), "{err}");
+    // survivor holds those targets under a newer epoch: none of it is stored (the ledger equals
+    // the registry below). Whether it still had any depends on where the freeze caught it: one
+    // frozen inside a transaction holds its rows locked until the server ends that session
+    // (30 s idle in transaction), and wakes with nothing left to write, so the warning is
+    // reported, not required.
+    eprintln!(
+        "late outcomes fenced out: {}",
+        if err.contains("not stored") {
+            "yes"
+        } else {
+            "none left to store"
+        }
+    );
     assert_eq!(after, calls, "it sends nothing once awake");
     assert!(
         duplicates(&sim).is_empty(),
