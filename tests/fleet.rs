@@ -155,6 +155,17 @@ fn rerun_keys_every_device_once(csv: &Path, url: &str, sim: &SimProcess, dir: &P
     assert_eq!(ours, credentials(&sim.get("/__sim/credentials")));
 }
 
+/// `status` counts all `n` devices `registered` and none in any other state.
+fn every_device_registered(url: &str, dir: &Path, n: usize) {
+    let counts = status_counts(url, dir);
+    assert_eq!(counts["register"]["registered"], n as u64, "{counts:?}");
+    assert_eq!(
+        counts["register"].as_object().unwrap().len(),
+        1,
+        "{counts:?}"
+    );
+}
+
 type Credentials = HashMap<String, (String, String)>;
 
 /// What one backend ended with: status counts, the export, the simulator's registry, and how
@@ -376,13 +387,7 @@ fn a_worker_killed_mid_run_is_taken_over_and_nothing_is_keyed_twice() {
         "after the kill: {held} targets held by the dead worker (or the survivor); the survivor ended {:.1} s after the kill",
         killed_at.elapsed().as_secs_f64()
     );
-    let counts = status_counts(&url, dir.path());
-    assert_eq!(counts["register"]["registered"], n as u64, "{counts:?}");
-    assert_eq!(
-        counts["register"].as_object().unwrap().len(),
-        1,
-        "{counts:?}"
-    );
+    every_device_registered(&url, dir.path(), n);
     // A rerun finds nothing to do.
     succeed(
         bulk("register", &csv, &url, &sim, "3000", dir.path()),
@@ -414,13 +419,7 @@ fn targets_handed_back_by_an_interrupted_worker_are_finished_by_the_others() {
     assert_eq!(unsafe { libc::kill(stopped.id() as i32, libc::SIGINT) }, 0);
     assert_eq!(stopped.wait().unwrap().code(), Some(130));
     all_succeed(workers);
-    let counts = status_counts(&url, dir.path());
-    assert_eq!(counts["register"]["registered"], n as u64, "{counts:?}");
-    assert_eq!(
-        counts["register"].as_object().unwrap().len(),
-        1,
-        "{counts:?}"
-    );
+    every_device_registered(&url, dir.path(), n);
     assert!(
         duplicates(&sim).is_empty(),
         "{}",

@@ -234,23 +234,15 @@ pub async fn run(plan: BulkPlan, context: &RunContext) -> Result<ExitCode, Failu
         // halted and how to resume; the counts and the run's end cannot be read or recorded.
         Err(e) if e.is_unreachable() && outcome.halt.is_some() => {
             let halt = outcome.halt.as_ref().expect("checked");
-            let code = match halt {
-                Halt::Interrupted => ExitCode::Interrupted,
-                _ => ExitCode::Halted,
-            };
-            let report = report::halt_report(halt);
+            let code = report::halt_code(halt);
             let resume = context.command_line.as_str();
             events.say(&format!(
-                "{}: HALTED: {}
-  {} with:
-    {resume}
-",
+                "{} (the ledger's counts could not be read):\n{}",
                 operation.name(),
-                crate::terminal::escape(&report.message),
-                report.action
+                report::halted(halt, resume)
             ));
             events.emit(&Event::Halt {
-                halt: &report,
+                halt: &report::halt_report(halt),
                 exit_code: code.code(),
                 resume,
             });

@@ -516,7 +516,7 @@ impl PostgresStore {
     /// One statement: the pending targets of workers whose lease ran out (they died or lost the
     /// database), wherever they are (`taken`, found through `items_held`), then pending targets
     /// after `after_id` that no worker holds (never claimed, or handed back; `fresh`, an index
-    /// range of `items_by_state` from the cursor), skipping rows another worker is claiming this
+    /// range from the cursor), skipping rows another worker is claiming this
     /// instant, become this worker's with the epoch bumped. Two branches rather than one `OR`:
     /// with the `OR` the cursor was only a filter. The update repeats the picked ids as an
     /// array (read from the materialized CTE, so the locked rows are not picked again): without

@@ -15,4 +15,4 @@ pub mod status;
 pub mod summary;
 
 pub use status::OperationStatus;
-pub use summary::{exit_code, halt_report, nothing_sent, summary};
+pub use summary::{exit_code, halt_code, halt_report, halted, nothing_sent, summary};

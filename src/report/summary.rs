@@ -15,8 +15,7 @@ const IN_PROGRESS: &str = "in_progress";
 /// What the exit code is, given how the run ended and what the ledger holds.
 pub fn exit_code(halt: Option<&Halt>, status: &OperationStatus) -> ExitCode {
     match halt {
-        Some(Halt::Interrupted) => ExitCode::Interrupted,
-        Some(_) => ExitCode::Halted,
+        Some(halt) => halt_code(halt),
         None if status.count(ItemState::Pending) > 0
             || status.count(ItemState::Failed) > 0
             || status.count(ItemState::Invalid) > 0 =>
@@ -26,6 +25,14 @@ pub fn exit_code(halt: Option<&Halt>, status: &OperationStatus) -> ExitCode {
         // Never report success when nothing was done at all.
         None if status.total() == 0 => ExitCode::Incomplete,
         None => ExitCode::Success,
+    }
+}
+
+/// The exit code of a run that stopped early.
+pub fn halt_code(halt: &Halt) -> ExitCode {
+    match halt {
+        Halt::Interrupted => ExitCode::Interrupted,
+        _ => ExitCode::Halted,
     }
 }
 
@@ -90,19 +97,24 @@ pub fn summary(
                 });
             }
         }
-        Some(Halt::Interrupted) => {
-            out.push_str(&format!("  INTERRUPTED: resume with:\n    {resume}\n"))
-        }
-        Some(halt) => {
+        Some(halt) => out.push_str(&halted(halt, resume)),
+    }
+    out
+}
+
+/// The summary's lines for a run that stopped early: why, what to do, the command to resume.
+pub fn halted(halt: &Halt, resume: &str) -> String {
+    match halt {
+        Halt::Interrupted => format!("  INTERRUPTED: resume with:\n    {resume}\n"),
+        halt => {
             let report = halt_report(halt);
-            out.push_str(&format!(
+            format!(
                 "  HALTED: {}\n  {} with:\n    {resume}\n",
                 escape(&report.message),
                 report.action
-            ))
+            )
         }
     }
-    out
 }
 
 /// Why a run halted and what to do before resuming: the summary's text and the `halt` event.
